@@ -1,0 +1,51 @@
+"""Create the pipeline's topics up front, with their partition counts (confluent-kafka AdminClient)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from stream.settings import KafkaSettings, TopicSettings
+
+log = logging.getLogger(__name__)
+
+
+def pipeline_topics(topics: TopicSettings) -> dict[str, int]:
+    """Topic name -> partitions for every topic the worker reads or writes."""
+    return {
+        topics.input_topic: topics.input_partitions,
+        topics.events_topic: topics.input_partitions,
+        topics.deadletter_topic: topics.input_partitions,
+    }
+
+
+def ensure_topics(
+    kafka: KafkaSettings,
+    partitions_by_topic: Mapping[str, int],
+    *,
+    replication_factor: int = 1,
+    timeout: float = 30.0,
+) -> list[str]:
+    """Create the topics that do not exist yet; returns the names created."""
+    admin = AdminClient(kafka.librdkafka_config())
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    wanted = [
+        NewTopic(name, num_partitions=count, replication_factor=replication_factor)
+        for name, count in partitions_by_topic.items()
+        if name not in existing
+    ]
+    if not wanted:
+        return []
+    created: list[str] = []
+    for name, future in admin.create_topics(wanted, operation_timeout=timeout).items():
+        try:
+            future.result(timeout)
+            created.append(name)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+    log.info("created topics %s", created)
+    return created

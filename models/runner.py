@@ -1,0 +1,180 @@
+"""Load a sequence-classification checkpoint and score texts: tokenize -> forward -> post-process.
+
+clean text -> tokenize (no padding) -> plan length-sorted batches -> pad each batch to its longest
+member -> forward -> softmax -> Prediction, mapped back to the caller's order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+from models.labels import normalise_labels
+from stream.core.batching import plan_batches
+from stream.core.records import Label, Prediction, ScoredBatch
+
+log = logging.getLogger(__name__)
+hf_logging.disable_progress_bar()
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+class ModelLoadError(RuntimeError):
+    """The configured model could not be loaded; the message says what to set."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerOptions:
+    device: str = "auto"
+    revision: str | None = None
+    max_batch_size: int = 32
+    max_batch_tokens: int = 4096
+    torch_threads: int | None = None
+
+
+class SentimentRunner:
+    """A loaded model; :meth:`predict` is thread-safe only when called from one thread at a time."""
+
+    def __init__(self, model_id: str, options: RunnerOptions = RunnerOptions()) -> None:
+        self.model_id = model_id
+        self.options = options
+        if options.torch_threads:
+            torch.set_num_threads(options.torch_threads)
+        self.device = resolve_device(options.device)
+        self.tokenizer, self.model = _load(model_id, options.revision)
+        if self.device.type == "cuda":
+            self.model = self.model.half()
+        self.model.to(self.device).eval()
+        self.labels: list[Label] = normalise_labels(self.model.config.id2label)
+        self.max_length = min(
+            int(self.tokenizer.model_max_length),
+            int(getattr(self.model.config, "max_position_embeddings", 512)),
+        )
+        self._version = options.revision or model_version(model_id, self.model)
+        self.predict(["warm-up"])  # the first forward pass pays one-off allocation costs
+
+    @property
+    def name(self) -> str:
+        return self.model_id
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    def predict(self, texts: Sequence[str]) -> ScoredBatch:
+        """Score ``texts``; predictions come back in the same order as the texts."""
+        started = time.perf_counter()
+        encoded = self.tokenizer(
+            list(texts), truncation=True, max_length=self.max_length, verbose=False
+        )
+        lengths = [len(ids) for ids in encoded["input_ids"]]
+        truncated = self._truncated(texts, lengths)
+        batches = plan_batches(
+            lengths,
+            max_size=self.options.max_batch_size,
+            max_tokens=max(self.options.max_batch_tokens, self.max_length),
+        )
+        predictions: list[Prediction | None] = [None] * len(texts)
+        padded_tokens = 0
+        for batch in batches:
+            features = [{key: encoded[key][i] for key in encoded} for i in batch]
+            inputs = self.tokenizer.pad(features, return_tensors="pt").to(self.device)
+            padded_tokens += int(inputs["input_ids"].numel())
+            forward_started = time.perf_counter()
+            with torch.inference_mode():
+                logits = self.model(**inputs).logits
+            probabilities = torch.softmax(logits.float(), dim=-1).cpu().tolist()
+            forward_ms = (time.perf_counter() - forward_started) * 1000
+            for row, index in zip(probabilities, batch, strict=True):
+                predictions[index] = self._prediction(
+                    row, lengths[index], truncated[index], len(batch), forward_ms
+                )
+        return ScoredBatch(
+            predictions=[p for p in predictions if p is not None],
+            model_ms=(time.perf_counter() - started) * 1000,
+            forward_batches=len(batches),
+            real_tokens=sum(lengths),
+            padded_tokens=padded_tokens,
+        )
+
+    def _prediction(
+        self, row: list[float], tokens: int, truncated: bool, batch_size: int, forward_ms: float
+    ) -> Prediction:
+        best = max(range(len(row)), key=row.__getitem__)
+        return Prediction(
+            label=self.labels[best],
+            score=row[best],
+            probabilities=dict(zip(self.labels, row, strict=True)),
+            token_count=tokens,
+            truncated=truncated,
+            batch_size=batch_size,
+            inference_ms=forward_ms,
+        )
+
+    def _truncated(self, texts: Sequence[str], lengths: list[int]) -> list[bool]:
+        # Only a text that filled the whole window can have been cut; re-count just those.
+        flags = [False] * len(texts)
+        for index, length in enumerate(lengths):
+            if length >= self.max_length:
+                full = self.tokenizer(texts[index], truncation=False, verbose=False)["input_ids"]
+                flags[index] = len(full) > self.max_length
+        return flags
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(
+            f"SENTISTREAM_DEVICE={requested} but no CUDA device is available; use 'auto' or 'cpu'"
+        )
+    return device
+
+
+def _load(model_id: str, revision: str | None) -> tuple[Any, Any]:
+    path = Path(model_id).expanduser()
+    looks_local = path.exists() or model_id.startswith((".", "/", "~"))
+    if looks_local and not path.is_dir():
+        raise ModelLoadError(
+            f"model directory {str(path)!r} does not exist; set SENTISTREAM_MODEL to a checkpoint "
+            "directory (config.json, weights, tokenizer) or to a Hugging Face hub id"
+        )
+    source = str(path) if looks_local else model_id
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
+        model = AutoModelForSequenceClassification.from_pretrained(source, revision=revision)
+    except (OSError, ValueError) as exc:
+        where = "the local directory" if looks_local else "the Hugging Face hub (offline?)"
+        raise ModelLoadError(
+            f"could not load model {model_id!r} from {where}: {exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}. Set SENTISTREAM_MODEL to a local "
+            "checkpoint directory (e.g. ../shared/models/sentiment-minilm-sst2) or a reachable "
+            "hub id"
+        ) from exc
+    return tokenizer, model
+
+
+def model_version(model_id: str, model: Any) -> str:
+    """A short identity for the weights: the hub commit, else a hash of the local weight files."""
+    commit = getattr(model.config, "_commit_hash", None)
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        digest = hashlib.sha256()
+        files = sorted(f for f in path.iterdir() if f.name.endswith(WEIGHT_SUFFIXES))
+        for weights in files:
+            with weights.open("rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    digest.update(chunk)
+        if files:
+            return "sha256:" + digest.hexdigest()[:16]
+    return str(commit)[:12] if commit else "unknown"

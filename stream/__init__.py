@@ -1,0 +1,1 @@
+"""sentistream: real-time sentiment on Kafka message streams."""

@@ -1,0 +1,1 @@
+"""Pure pipeline logic: no Kafka, no Faust, no model imports."""

@@ -1,0 +1,157 @@
+"""One batch through the pipeline: raw records -> decode/validate -> clean -> score -> enrich.
+
+Pure apart from the classifier it is handed, so the worker runs it off the event loop and tests run
+it with a fake classifier. Every input record leaves as exactly one enriched event or exactly one
+dead letter.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from stream.core.batching import score_isolating_failures
+from stream.core.cleaning import CleaningRules, clean_text
+from stream.core.codec import dead_letter_headers, decode_message, encode_json, format_time_ms
+from stream.core.errors import STAGE_OF_REASON, DeadLetterReason, PoisonRecord
+from stream.core.records import Message, Prediction, RawRecord, ScoredBatch
+
+
+class Classifier(Protocol):
+    """What the pipeline needs of a model (``models.runner.SentimentRunner`` in production)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
+
+    def predict(self, texts: Sequence[str]) -> ScoredBatch: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    max_message_bytes: int = 64 * 1024
+    redact_text: bool = False
+    cleaning: CleaningRules = CleaningRules()
+
+
+@dataclass(frozen=True, slots=True)
+class OutRecord:
+    """A record to publish: key, value and headers, all bytes."""
+
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredEvent:
+    """An enriched event, before encoding; the windowed aggregates consume these."""
+
+    message: Message
+    prediction: Prediction
+    processed_at_ms: int
+    payload: dict[str, Any]
+
+
+@dataclass(slots=True)
+class BatchOutcome:
+    events: list[ScoredEvent] = field(default_factory=list)
+    dead_letters: list[OutRecord] = field(default_factory=list)
+    reasons: Counter[str] = field(default_factory=Counter)
+    scored_batches: list[ScoredBatch] = field(default_factory=list)
+
+    def event_records(self) -> list[OutRecord]:
+        return [
+            OutRecord(key=event.message.id.encode(), value=encode_json(event.payload))
+            for event in self.events
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class _Cleaned:
+    record: RawRecord
+    message: Message
+    text: str
+
+
+def process_batch(
+    records: Sequence[RawRecord],
+    classifier: Classifier,
+    config: PipelineConfig,
+    now_ms: Callable[[], int],
+) -> BatchOutcome:
+    """Turn ``records`` into events and dead letters; never raises for a bad record."""
+    outcome = BatchOutcome()
+
+    def dead_letter(record: RawRecord, reason: DeadLetterReason, detail: str) -> None:
+        headers = dead_letter_headers(record, reason, detail, STAGE_OF_REASON[reason], now_ms())
+        outcome.dead_letters.append(OutRecord(record.key, record.value or b"", headers))
+        outcome.reasons[str(reason)] += 1
+
+    ready: list[_Cleaned] = []
+    for record in records:
+        try:
+            message = decode_message(record, max_bytes=config.max_message_bytes)
+        except PoisonRecord as poison:
+            dead_letter(record, poison.reason, poison.detail)
+            continue
+        text = clean_text(message.text, config.cleaning)
+        if not text:
+            dead_letter(record, DeadLetterReason.EMPTY_AFTER_CLEANING, "no text left after cleaning")
+            continue
+        ready.append(_Cleaned(record, message, text))
+
+    def score(chunk: Sequence[_Cleaned]) -> list[Prediction]:
+        scored = classifier.predict([item.text for item in chunk])
+        outcome.scored_batches.append(scored)
+        return scored.predictions
+
+    done, failed = score_isolating_failures(ready, score)
+    for failure in failed:
+        error = failure.error
+        dead_letter(failure.item.record, DeadLetterReason.MODEL, f"{type(error).__name__}: {error}")
+
+    processed_at_ms = now_ms()
+    for item, prediction in done:
+        payload = enrich(item.message, item.text, prediction, classifier, config, processed_at_ms)
+        outcome.events.append(ScoredEvent(item.message, prediction, processed_at_ms, payload))
+    return outcome
+
+
+def enrich(
+    message: Message,
+    cleaned_text: str,
+    prediction: Prediction,
+    classifier: Classifier,
+    config: PipelineConfig,
+    processed_at_ms: int,
+) -> dict[str, Any]:
+    """The enriched event as published (value JSON; the key is the message id)."""
+    payload: dict[str, Any] = {
+        "id": message.id,
+        "source": message.source,
+        "channel": message.channel,
+        "author": message.author,
+        "lang": message.lang,
+        "label": prediction.label,
+        "score": prediction.score,
+        "probabilities": prediction.probabilities,
+        "model_name": classifier.name,
+        "model_version": classifier.version,
+        "inference_time_ms": round(prediction.inference_ms, 3),
+        "batch_size": prediction.batch_size,
+        "text_length": len(message.text),
+        "token_count": prediction.token_count,
+        "truncated": prediction.truncated,
+        "event_time": format_time_ms(message.event_time_ms),
+        "processed_at": format_time_ms(processed_at_ms),
+    }
+    if message.gold_label is not None:
+        payload["gold_label"] = message.gold_label
+    if not config.redact_text:
+        payload["text"] = cleaned_text
+    return payload

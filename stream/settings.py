@@ -1,0 +1,109 @@
+"""One settings object, read from the environment once at start-up and passed down.
+
+Kafka connection settings use the ``KAFKA_`` prefix (they are shared with every Kafka tool an
+operator already runs); everything the service owns uses ``SENTISTREAM_``. Nothing else in the
+project reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "distilbert-base-uncased-finetuned-sst-2-english"
+
+
+class BrokerProfile(StrEnum):
+    """Which broker we talk to: client workarounds apply only to the embedded one."""
+
+    KAFKA = "kafka"
+    EMBEDDED = "embedded"
+
+
+class KafkaSettings(BaseSettings):
+    """Where the brokers are and how to authenticate; passed through to every Kafka client."""
+
+    model_config = SettingsConfigDict(env_prefix="KAFKA_", extra="ignore", env_ignore_empty=True)
+
+    bootstrap_servers: str = "localhost:9092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: Path | None = None
+    ssl_certificate_location: Path | None = None
+    ssl_key_location: Path | None = None
+    ssl_key_password: SecretStr | None = None
+    broker_profile: BrokerProfile = BrokerProfile.KAFKA
+
+    def librdkafka_config(self) -> dict[str, Any]:
+        """The confluent-kafka (librdkafka) spelling of these settings."""
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        optional = {
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "sasl.password": _reveal(self.sasl_password),
+            "ssl.ca.location": self.ssl_ca_location,
+            "ssl.certificate.location": self.ssl_certificate_location,
+            "ssl.key.location": self.ssl_key_location,
+            "ssl.key.password": _reveal(self.ssl_key_password),
+        }
+        config.update({key: str(value) for key, value in optional.items() if value is not None})
+        return config
+
+    @property
+    def embedded(self) -> bool:
+        return self.broker_profile is BrokerProfile.EMBEDDED
+
+
+class TopicSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SENTISTREAM_", extra="ignore", env_ignore_empty=True)
+
+    input_topic: str = "sentiment.input"
+    events_topic: str = "sentiment.events"
+    deadletter_topic: str = "sentiment.deadletter"
+    input_partitions: int = Field(default=4, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+
+
+class Settings(BaseSettings):
+    """Everything the worker needs; build with :meth:`from_env` once, at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix="SENTISTREAM_", extra="ignore", env_ignore_empty=True)
+
+    app_id: str = "sentistream"
+    model: str = DEFAULT_MODEL
+    model_revision: str | None = None
+    device: str = "auto"
+    torch_threads: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    batch_max_wait_ms: int = Field(default=50, ge=0)
+    batch_max_tokens: int = Field(default=4096, ge=1)
+    max_message_bytes: int = Field(default=64 * 1024, ge=1)
+    redact_text: bool = False
+    clean_mentions: bool = True
+    clean_urls: bool = True
+    clean_hashtags: bool = True
+    clean_html: bool = True
+    clean_whitespace: bool = True
+    web_port: int = Field(default=6066, ge=0, le=65535)
+    data_dir: Path = Path(".sentistream-data")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        return cls(kafka=KafkaSettings(), topics=TopicSettings(), **overrides)
+
+
+def _reveal(secret: SecretStr | None) -> str | None:
+    return secret.get_secret_value() if secret is not None else None

