@@ -1,1 +1,1 @@
-"""Everything that talks to Kafka outside the Faust app: admin, embedded broker, producers, sinks."""
+"""Everything that talks to Kafka outside the Faust app: admin, broker, producers, sinks."""

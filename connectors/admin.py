@@ -1,4 +1,4 @@
-"""Create the pipeline's topics up front, with their partition counts (confluent-kafka AdminClient)."""
+"""Create the pipeline's topics up front, with their partition counts (confluent AdminClient)."""
 
 from __future__ import annotations
 

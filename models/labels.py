@@ -31,7 +31,10 @@ def normalise_labels(id2label: Mapping[int, str]) -> list[Label]:
     count = len(id2label)
     names = [str(id2label[index]) for index in range(count)]
     mapped = [_ALIASES.get(name.strip().lower()) for name in names]
-    if all(label is not None for label in mapped) and len(set(mapped)) == count:
+    named = {label for label in mapped if label is not None}
+    # Named labels must be one of the published schemes: POSITIVE/NEGATIVE, optionally NEUTRAL
+    # (a single class, or NEUTRAL/POSITIVE alone, would publish a ratio that means nothing).
+    if len(named) == count and {"POSITIVE", "NEGATIVE"} <= named:
         return [label for label in mapped if label is not None]
     if all(name.upper().startswith("LABEL_") for name in names) and count in _POSITIONAL:
         return list(_POSITIONAL[count])

@@ -23,7 +23,7 @@ from stream.core.batching import plan_batches
 from stream.core.records import Label, Prediction, ScoredBatch
 
 log = logging.getLogger(__name__)
-hf_logging.disable_progress_bar()
+hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 

@@ -12,10 +12,11 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import faust
-from faust.types import EventT, Message as FaustMessage
+from faust.types import EventT
+from faust.types import Message as FaustMessage
 from faust.web import Request, Response, View
 
 from connectors.clients import faust_settings
@@ -101,7 +102,7 @@ def create_app(settings: Settings, classifier: Classifier) -> faust.App:
             pending.append(await _send(deadletter_topic, record))
         await asyncio.gather(*pending)
 
-    async def handle(events: Sequence[EventT]) -> None:
+    async def handle(events: Sequence[EventT[bytes]]) -> None:
         records = [raw_record(event.message) for event in events]
         loop = asyncio.get_running_loop()
         outcome = await loop.run_in_executor(
@@ -120,13 +121,16 @@ def create_app(settings: Settings, classifier: Classifier) -> faust.App:
     async def score(stream: faust.StreamT[bytes]) -> None:
         # take_events acks a batch when the loop comes back for the next one, i.e. only after
         # handle() has published it; a shutdown mid-batch waits for that batch (see finish()).
-        async for events in stream.take_events(settings.batch_size, within=max_wait_s):
+        batches = cast(faust.Stream[bytes], stream).take_events(settings.batch_size, max_wait_s)
+        async for events in batches:
             await finish(asyncio.ensure_future(handle(events)))
 
     @app.page("/health")
     class Health(View):
         async def get(self, request: Request) -> Response:
-            return self.json({"status": "ok", "model": classifier.name, "version": classifier.version})
+            return self.json(
+                {"status": "ok", "model": classifier.name, "version": classifier.version}
+            )
 
     return app
 

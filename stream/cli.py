@@ -14,6 +14,8 @@ from stream.settings import Settings
 
 log = logging.getLogger("sentistream")
 
+REDACTED_LIBRARY_LOGGERS = ("faust", "aiokafka", "mode", "kafka")
+
 
 def configure_logging(level: str) -> None:
     logging.basicConfig(
@@ -54,6 +56,10 @@ def cmd_worker(_args: argparse.Namespace) -> int:
     )
     app = create_app(settings, runner)
     worker = Worker(app, loglevel=settings.log_level, quiet=True)
+    if settings.redact_text:
+        # The Kafka libraries log record values at DEBUG; with redaction no text may reach a log.
+        for name in REDACTED_LIBRARY_LOGGERS:
+            logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger(name).level))
     worker.execute_from_commandline()
     return 0
 
@@ -85,9 +91,10 @@ def cmd_produce(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     configure_logging(settings.log_level)
     topic = args.topic or settings.topics.input_topic
-    source = sys.stdin.buffer if args.file == "-" else Path(args.file).open("rb")
-    with source:
-        lines = [line.rstrip(b"\r\n") for line in source if line.strip()]
+    if args.file == "-":
+        lines = [line.rstrip(b"\r\n") for line in sys.stdin.buffer if line.strip()]
+    else:
+        lines = [line for line in Path(args.file).read_bytes().splitlines() if line.strip()]
     if args.format == "text":
         import orjson
 
@@ -131,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="broker + worker + sample messages, end to end")
     demo.add_argument(
         "--sample",
-        default=str(Path(__file__).resolve().parent.parent / "samples" / "demo_messages.jsonl"),
+        default=str(Path(__file__).resolve().parent / "samples" / "demo_messages.jsonl"),
     )
     demo.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for results")
     demo.set_defaults(handler=cmd_demo)

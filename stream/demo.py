@@ -63,14 +63,20 @@ def run_demo(sample: Path, timeout: float) -> int:
 
 
 def _print_results(
-    kafka: KafkaSettings, topics: TopicSettings, expected: int, worker: WorkerProcess, timeout: float
+    kafka: KafkaSettings,
+    topics: TopicSettings,
+    expected: int,
+    worker: WorkerProcess,
+    timeout: float,
 ) -> int:
     labels: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     by_source: dict[str, Counter[str]] = {}
     received = 0
     deadline = time.monotonic() + timeout
-    for record in read_topics(kafka, [topics.events_topic, topics.deadletter_topic], deadline=deadline):
+    for record in read_topics(
+        kafka, [topics.events_topic, topics.deadletter_topic], deadline=deadline
+    ):
         received += 1
         if record.topic == topics.events_topic:
             event = orjson.loads(record.value or b"{}")
@@ -85,8 +91,10 @@ def _print_results(
         if worker.exit_code() is not None:
             print(f"\nthe worker exited ({worker.exit_code()}); its log:\n{worker.log_tail()}")
             break
-    print(f"\n{received}/{expected} messages accounted for: {sum(labels.values())} events, "
-          f"{sum(reasons.values())} dead letters")
+    print(
+        f"\n{received}/{expected} messages accounted for: {sum(labels.values())} events, "
+        f"{sum(reasons.values())} dead letters"
+    )
     print("labels:       " + ", ".join(f"{k} {v}" for k, v in sorted(labels.items())))
     print("dead letters: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
     print("positive ratio by source (all events received):")

@@ -64,7 +64,9 @@ class KafkaSettings(BaseSettings):
 
 
 class TopicSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SENTISTREAM_", extra="ignore", env_ignore_empty=True)
+    model_config = SettingsConfigDict(
+        env_prefix="SENTISTREAM_", extra="ignore", env_ignore_empty=True
+    )
 
     input_topic: str = "sentiment.input"
     events_topic: str = "sentiment.events"
@@ -76,7 +78,9 @@ class TopicSettings(BaseSettings):
 class Settings(BaseSettings):
     """Everything the worker needs; build with :meth:`from_env` once, at start-up."""
 
-    model_config = SettingsConfigDict(env_prefix="SENTISTREAM_", extra="ignore", env_ignore_empty=True)
+    model_config = SettingsConfigDict(
+        env_prefix="SENTISTREAM_", extra="ignore", env_ignore_empty=True
+    )
 
     app_id: str = "sentistream"
     model: str = DEFAULT_MODEL

@@ -19,8 +19,8 @@ def plan_batches(lengths: Sequence[int], *, max_size: int, max_tokens: int) -> l
 
     Items are sorted by length so each batch pads to a near-equal length; a batch holds at most
     ``max_size`` items and at most ``max_tokens`` padded tokens (``len(batch) * longest``), in the
-    manner of TEI's ``max-batch-tokens``. An item longer than ``max_tokens`` gets a batch of its own.
-    Every index appears in exactly one batch; the caller maps results back by index.
+    manner of TEI's ``max-batch-tokens``. An item longer than ``max_tokens`` gets a batch of its
+    own. Every index appears in exactly one batch; the caller maps results back by index.
     """
     if max_size < 1 or max_tokens < 1:
         raise ValueError("max_size and max_tokens must be positive")

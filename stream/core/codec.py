@@ -101,7 +101,8 @@ def _message_id(value: Any, record: RawRecord) -> str:
     # Numeric ids are common (tweet ids); they are kept as their decimal string.
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise PoisonRecord(
-            DeadLetterReason.INVALID_FIELD, f"'id' must be a string or integer, got {_json_type(value)}"
+            DeadLetterReason.INVALID_FIELD,
+            f"'id' must be a string or integer, got {_json_type(value)}",
         )
     return str(value)
 
@@ -150,7 +151,8 @@ def _gold_label(value: Any) -> str | None:
         return None
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise PoisonRecord(
-            DeadLetterReason.INVALID_FIELD, f"'label' must be a string or integer, got {_json_type(value)}"
+            DeadLetterReason.INVALID_FIELD,
+            f"'label' must be a string or integer, got {_json_type(value)}",
         )
     return str(value)
 

@@ -35,7 +35,7 @@ class Classifier(Protocol):
 class PipelineConfig:
     max_message_bytes: int = 64 * 1024
     redact_text: bool = False
-    cleaning: CleaningRules = CleaningRules()
+    cleaning: CleaningRules = field(default_factory=CleaningRules)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +101,9 @@ def process_batch(
             continue
         text = clean_text(message.text, config.cleaning)
         if not text:
-            dead_letter(record, DeadLetterReason.EMPTY_AFTER_CLEANING, "no text left after cleaning")
+            dead_letter(
+                record, DeadLetterReason.EMPTY_AFTER_CLEANING, "no text left after cleaning"
+            )
             continue
         ready.append(_Cleaned(record, message, text))
 

@@ -1,4 +1,4 @@
-"""plan_batches (which texts share a forward pass) and score_isolating_failures (split and retry)."""
+"""plan_batches (which texts share a forward pass) and score_isolating_failures (split, retry)."""
 
 from __future__ import annotations
 
@@ -91,7 +91,9 @@ def test_plan_groups_items_of_similar_length() -> None:
 def test_plan_wastes_less_padding_than_arrival_order(seed: int, max_size: int) -> None:
     lengths = random_lengths(seed, 200, 2, 256)
     planned = plan_batches(lengths, max_size=max_size, max_tokens=1_000_000)
-    arrival = [list(range(i, min(i + max_size, len(lengths)))) for i in range(0, len(lengths), max_size)]
+    arrival = [
+        list(range(i, min(i + max_size, len(lengths)))) for i in range(0, len(lengths), max_size)
+    ]
     real, planned_padded = padding_cost(lengths, planned)
     _, arrival_padded = padding_cost(lengths, arrival)
     assert len(planned) == len(arrival)  # same number of forward passes ...
@@ -105,9 +107,7 @@ def test_plan_of_nothing_is_no_batches() -> None:
     assert plan_batches([], max_size=8, max_tokens=100) == []
 
 
-@pytest.mark.parametrize(
-    ("max_size", "max_tokens"), [(0, 100), (-1, 100), (8, 0), (8, -5), (0, 0)]
-)
+@pytest.mark.parametrize(("max_size", "max_tokens"), [(0, 100), (-1, 100), (8, 0), (8, -5), (0, 0)])
 def test_plan_rejects_non_positive_limits(max_size: int, max_tokens: int) -> None:
     with pytest.raises(ValueError, match="positive"):
         plan_batches([1, 2, 3], max_size=max_size, max_tokens=max_tokens)

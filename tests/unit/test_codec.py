@@ -1,4 +1,4 @@
-"""decode_message and the dead-letter headers: bytes in, a Message or a reasoned PoisonRecord out."""
+"""decode_message and dead-letter headers: bytes in, a Message or a reasoned PoisonRecord out."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from stream.core.codec import (
     HEADER_SOURCE_PARTITION,
     HEADER_SOURCE_TOPIC,
     HEADER_STAGE,
-    decode_message,
     dead_letter_headers,
+    decode_message,
     derive_id,
     format_time_ms,
     parse_timestamp_ms,
@@ -237,7 +237,9 @@ def test_decode_keeps_given_id_as_string(id_value: str | int, expected: str) -> 
     assert decode(as_json({"text": "hi", "id": id_value})).id == expected
 
 
-@pytest.mark.parametrize("payload", [{"text": "hi"}, {"text": "hi", "id": ""}, {"text": "hi", "id": None}])
+@pytest.mark.parametrize(
+    "payload", [{"text": "hi"}, {"text": "hi", "id": ""}, {"text": "hi", "id": None}]
+)
 def test_decode_derives_id_from_record_origin_when_missing(payload: dict[str, Any]) -> None:
     message = decode(as_json(payload), topic="posts", partition=3, offset=917)
     assert message.id == "posts/3/917"

@@ -44,6 +44,8 @@ def test_normalise_maps_sentiment_names_in_index_order(
         {0: "positive", 1: "POSITIVE"},  # two classes, one label: ambiguous
         {0: "negative", 1: "LABEL_1"},  # half named, half positional
         {0: "neutral", 1: "positive"},  # no NEGATIVE: not the 2-class scheme either
+        {0: "negative", 1: "positive", 2: "joy"},  # one name we cannot map
+        {0: "neg", 1: "neu", 2: "pos", 3: "mixed"},
         {},
     ],
 )

@@ -1,0 +1,81 @@
+"""At-least-once: what survives a crash, and what never leaves the worker when redaction is on."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from connectors.producer import RecordProducer
+from connectors.sink import read_topics
+from stream.settings import KafkaSettings, TopicSettings
+from tests.conftest import Collector, WorkerFactory
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+
+def test_a_crashed_worker_loses_nothing_after_restart(
+    kafka: KafkaSettings,
+    topics: TopicSettings,
+    start_worker: WorkerFactory,
+    collect: Collector,
+    minilm: Path,
+) -> None:
+    ids = [f"crash-{i:04d}" for i in range(1200)]
+    producer = RecordProducer(kafka)
+    for index, message_id in enumerate(ids):
+        text = f"message {index}: {'great stuff' if index % 2 else 'awful stuff'}"
+        producer.send(
+            topics.input_topic,
+            orjson.dumps({"id": message_id, "text": text}),
+            key=message_id.encode(),
+        )
+    producer.flush()
+
+    first = start_worker(minilm, topics)
+    seen = 0
+    deadline = time.monotonic() + 120
+    for _record in read_topics(kafka, [topics.events_topic], deadline=deadline):
+        seen += 1
+        if seen >= 200:
+            break
+    assert seen >= 200, first.log_tail()
+    first.kill()  # SIGKILL mid-stream: no graceful commit
+
+    second = start_worker(minilm, topics)
+    outputs = collect(topics, expected=len(ids), worker=second)
+
+    assert set(outputs.events) == set(ids), "messages were lost across the crash"
+    assert not outputs.dead_letters
+
+
+def test_redacted_worker_publishes_and_logs_no_message_text(
+    kafka: KafkaSettings,
+    topics: TopicSettings,
+    start_worker: WorkerFactory,
+    collect: Collector,
+    minilm: Path,
+) -> None:
+    secret = "zebracornsecret"
+    worker = start_worker(
+        minilm, topics, SENTISTREAM_REDACT_TEXT="true", SENTISTREAM_LOG_LEVEL="debug"
+    )
+    producer = RecordProducer(kafka)
+    producer.send(topics.input_topic, orjson.dumps({"id": "r1", "text": f"I love {secret}"}))
+    producer.send(topics.input_topic, orjson.dumps({"id": "r2", "text": 42, "note": secret}))
+    producer.send(topics.input_topic, f'{{"id": "r3", "text": "{secret}'.encode())
+    producer.flush()
+
+    outputs = collect(topics, expected=3, worker=worker)
+
+    (event,) = outputs.events["r1"]
+    assert "text" not in event
+    assert secret not in orjson.dumps(event).decode()
+    assert len(outputs.dead_letters) == 2
+    for record in outputs.dead_letters:
+        assert all(secret.encode() not in value for value in record.headers.values())
+        assert secret.encode() in (record.value or b""), "dead letters keep the original bytes"
+    worker.stop()
+    assert secret not in worker.log_path.read_text(errors="replace")
