@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,8 @@ def settings_env_vars() -> dict[str, Any]:
 
 
 def load_compose() -> dict[str, Any]:
-    return yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    loaded: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    return loaded
 
 
 def worker_environment() -> dict[str, Any]:
@@ -66,7 +68,8 @@ def worker_environment() -> dict[str, Any]:
 
 
 def load_compose_schema() -> dict[str, Any]:
-    return json.loads(COMPOSE_SCHEMA.read_text(encoding="utf-8"))
+    loaded: dict[str, Any] = json.loads(COMPOSE_SCHEMA.read_text(encoding="utf-8"))
+    return loaded
 
 
 def compose_validator() -> Draft201909Validator:
@@ -97,7 +100,7 @@ def readme_configuration_names() -> list[str]:
     return names
 
 
-def test_settings_env_vars_cover_every_class():
+def test_settings_env_vars_cover_every_class() -> None:
     names = settings_env_vars()
 
     assert "KAFKA_BOOTSTRAP_SERVERS" in names
@@ -107,13 +110,13 @@ def test_settings_env_vars_cover_every_class():
     assert "SENTISTREAM_TOPICS" not in names
 
 
-def test_compose_spec_schema_declares_draft_2019_09():
+def test_compose_spec_schema_declares_draft_2019_09() -> None:
     declared = load_compose_schema()["$schema"]
 
     assert declared.rstrip("#").split("//", 1)[1] == "json-schema.org/draft/2019-09/schema"
 
 
-def test_compose_file_matches_compose_spec_schema():
+def test_compose_file_matches_compose_spec_schema() -> None:
     compose = load_compose()
 
     errors = [error.message for error in compose_validator().iter_errors(compose)]
@@ -141,7 +144,9 @@ def _environment_value_as_mapping(compose: dict[str, Any]) -> None:
     "break_compose",
     [_ports_as_number, _unknown_top_level_key, _unknown_service_key, _environment_value_as_mapping],
 )
-def test_compose_spec_schema_rejects_broken_compose_file(break_compose):
+def test_compose_spec_schema_rejects_broken_compose_file(
+    break_compose: Callable[[dict[str, Any]], None],
+) -> None:
     broken = copy.deepcopy(load_compose())
     break_compose(broken)
 
@@ -153,7 +158,7 @@ def test_compose_spec_schema_rejects_broken_compose_file(break_compose):
     shutil.which("docker-compose") is None,
     reason="docker-compose executable not on PATH; the schema test still validates the file",
 )
-def test_docker_compose_config_accepts_compose_file():
+def test_docker_compose_config_accepts_compose_file() -> None:
     result = subprocess.run(
         ["docker-compose", "-f", str(COMPOSE_FILE), "config", "-q"],
         cwd=ROOT,
@@ -166,18 +171,18 @@ def test_docker_compose_config_accepts_compose_file():
     assert result.returncode == 0, result.stderr
 
 
-def test_readme_configuration_table_lists_every_settings_variable():
+def test_readme_configuration_table_lists_every_settings_variable() -> None:
     names = readme_configuration_names()
 
     assert len(names) == len(set(names)), "README lists a variable twice"
     assert set(names) == set(settings_env_vars())
 
 
-def test_compose_worker_sets_every_settings_variable():
+def test_compose_worker_sets_every_settings_variable() -> None:
     assert set(worker_environment()) == set(settings_env_vars())
 
 
-def test_compose_worker_passes_optional_variables_through_unset():
+def test_compose_worker_passes_optional_variables_through_unset() -> None:
     """Variables without a default must be unset unless the host sets them: an empty string
     (what ``${VAR:-}`` gives) is a value, and an invalid one for e.g. an int or a Literal."""
     environment = worker_environment()
@@ -187,7 +192,7 @@ def test_compose_worker_passes_optional_variables_through_unset():
     assert {name: environment[name] for name in optional} == dict.fromkeys(optional)
 
 
-def test_compose_worker_environment_builds_valid_settings(monkeypatch):
+def test_compose_worker_environment_builds_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in settings_env_vars():
         monkeypatch.delenv(name, raising=False)
     for name, value in worker_environment().items():
@@ -213,13 +218,13 @@ def _dockerfile_exec_form(instruction: str) -> list[str]:
     return value
 
 
-def test_dockerfile_runs_sentistream_worker():
+def test_dockerfile_runs_sentistream_worker() -> None:
     command = _dockerfile_exec_form("ENTRYPOINT") + _dockerfile_exec_form("CMD")
 
     assert command == ["sentistream", "worker"]
 
 
-def test_worker_port_matches_web_port_setting():
+def test_worker_port_matches_web_port_setting() -> None:
     web_port = int(worker_environment()["SENTISTREAM_WEB_PORT"])
     ports = load_compose()["services"]["worker"]["ports"]
     exposed = re.findall(r"^EXPOSE\s+(\d+)", DOCKERFILE.read_text(encoding="utf-8"), re.MULTILINE)
