@@ -13,12 +13,20 @@ from stream.settings import KafkaSettings, TopicSettings
 log = logging.getLogger(__name__)
 
 
-def pipeline_topics(topics: TopicSettings) -> dict[str, int]:
-    """Topic name -> partitions for every topic the worker reads or writes."""
+def aggregate_input_topic(app_id: str) -> str:
+    """The internal topic that re-keys scored events by aggregate key (one per consumer group)."""
+    return f"{app_id}-aggregate-input"
+
+
+def pipeline_topics(topics: TopicSettings, app_id: str) -> dict[str, int]:
+    """Topic name -> partitions for every topic the worker reads or writes (Faust creates its
+    table changelog itself)."""
     return {
         topics.input_topic: topics.input_partitions,
         topics.events_topic: topics.input_partitions,
         topics.deadletter_topic: topics.input_partitions,
+        topics.aggregates_topic: topics.input_partitions,
+        aggregate_input_topic(app_id): topics.input_partitions,
     }
 
 

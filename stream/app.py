@@ -1,7 +1,19 @@
-"""The Faust wiring: topics, the scoring agent, web views. The only module that sets Faust up.
+"""The Faust wiring: topics, agents, the aggregates table, web views. The only Faust set-up.
 
 input topic (raw bytes) -> take a batch -> [scorer thread: decode/validate -> clean -> score ->
-enrich] -> publish events + dead letters, wait for the broker's acks -> only then ack the batch.
+enrich] -> publish events + dead letters + one fact per aggregate key, wait for the broker's acks
+-> only then ack the batch.
+
+aggregate-input topic (keyed by aggregate key) -> fold into that key's windows (table entry) ->
+publish window updates (throttled) and finals -> aggregates topic; HTTP reads the table.
+
+Why re-key through an internal topic: a window's counts are exact only if one consumer owns all of
+its key's events. The events topic is keyed by message id, so the scoring agent publishes one small
+"fact" per aggregate key (overall, source, source+channel) to ``<app id>-aggregate-input``, keyed by
+that aggregate key; the aggregates table is co-partitioned with it. Each fact carries its input
+record's partition and offset: the key's state keeps the highest offset counted per input
+partition (in the same table entry as the counts), so facts re-published after a crash or a
+rebalance are recognised and never counted twice.
 """
 
 from __future__ import annotations
@@ -9,20 +21,38 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import faust
+import orjson
+from faust.exceptions import SameNode
 from faust.types import EventT
 from faust.types import Message as FaustMessage
 from faust.web import Request, Response, View
 
+from connectors.admin import aggregate_input_topic
 from connectors.clients import faust_settings
 from stream.core.cleaning import CleaningRules
+from stream.core.codec import format_time_ms
 from stream.core.pipeline import BatchOutcome, Classifier, OutRecord, PipelineConfig, process_batch
 from stream.core.records import RawRecord
+from stream.core.windows import (
+    WINDOW_KINDS,
+    KeyState,
+    ScoredFact,
+    UpdateThrottle,
+    WindowCounts,
+    WindowPolicy,
+    aggregate_keys,
+    close_idle,
+    default_policy,
+    fold_event,
+    window_record,
+)
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -64,6 +94,53 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def window_policy(settings: Settings) -> WindowPolicy:
+    return default_policy(
+        tumbling_s=settings.window_tumbling_s,
+        hopping_s=settings.window_hopping_s,
+        hop_s=settings.window_hop_s,
+        grace_s=settings.window_grace_s,
+        history=settings.window_history,
+    )
+
+
+def aggregate_facts(outcome: BatchOutcome) -> list[OutRecord]:
+    """One fact per scored event and aggregate key, keyed by that aggregate key."""
+    facts: list[OutRecord] = []
+    for event in outcome.events:
+        message, prediction = event.message, event.prediction
+        payload = event.payload
+        for key in aggregate_keys(message.source, message.channel):
+            value = {
+                "t": message.event_time_ms,
+                "l": prediction.label,
+                "s": prediction.score,
+                "m": payload["model_name"],
+                "o": event.origin,
+                "n": event.offset,
+            }
+            facts.append(OutRecord(key=fact_key(key), value=orjson.dumps(value)))
+    return facts
+
+
+def fact_key(key: str) -> bytes:
+    """Facts are keyed by the JSON string of the aggregate key: the table's HTTP router hashes
+    table keys in that form, so a request is routed to the worker that owns the key."""
+    return orjson.dumps(key)
+
+
+def fact_from(key: str, value: dict[str, Any]) -> ScoredFact:
+    return ScoredFact(
+        key=key,
+        event_time_ms=int(value["t"]),
+        label=str(value["l"]),
+        score=float(value["s"]),
+        model_name=str(value["m"]),
+        origin=str(value["o"]),
+        offset=int(value["n"]),
+    )
+
+
 def create_app(settings: Settings, classifier: Classifier) -> faust.App:
     """A Faust app that scores ``settings.topics.input_topic`` with ``classifier``."""
     app = faust.App(
@@ -71,7 +148,10 @@ def create_app(settings: Settings, classifier: Classifier) -> faust.App:
         datadir=str(settings.data_dir),
         web_port=settings.web_port,
         web_host="0.0.0.0",  # noqa: S104 - the worker's HTTP side is meant to be scraped
+        canonical_url=settings.web_url or f"http://{socket.gethostname()}:{settings.web_port}",
         topic_disable_leader=True,
+        # Standby replicas would run the aggregate timers on copies they do not own.
+        table_standby_replicas=0,
         topic_replication_factor=settings.topics.replication_factor,
         **faust_settings(settings.kafka),
     )
@@ -88,6 +168,7 @@ def create_app(settings: Settings, classifier: Classifier) -> faust.App:
     deadletter_topic = app.topic(
         topics.deadletter_topic, key_serializer="raw", value_serializer="raw"
     )
+    facts_topic = wire_aggregates(app, settings)
     config = pipeline_config(settings)
     # One scorer thread: the model runs off the event loop, so heartbeats and commits go on.
     scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
@@ -100,6 +181,8 @@ def create_app(settings: Settings, classifier: Classifier) -> faust.App:
             pending.append(await _send(events_topic, record))
         for record in outcome.dead_letters:
             pending.append(await _send(deadletter_topic, record))
+        for record in aggregate_facts(outcome):
+            pending.append(await _send(facts_topic, record))
         await asyncio.gather(*pending)
 
     async def handle(events: Sequence[EventT[bytes]]) -> None:
@@ -133,6 +216,159 @@ def create_app(settings: Settings, classifier: Classifier) -> faust.App:
             )
 
     return app
+
+
+def wire_aggregates(app: faust.App, settings: Settings) -> faust.TopicT:
+    """The windowed-ratio side: facts topic -> table of key states -> aggregates topic + HTTP."""
+    topics = settings.topics
+    policy = window_policy(settings)
+    facts_topic = app.topic(
+        aggregate_input_topic(settings.app_id),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=topics.input_partitions,
+        internal=False,
+    )
+    aggregates_topic = app.topic(
+        topics.aggregates_topic, key_serializer="raw", value_serializer="raw"
+    )
+    states = app.Table(
+        "aggregates",
+        default=None,
+        key_type=str,
+        partitions=topics.input_partitions,
+    )
+    throttle = UpdateThrottle(int(settings.aggregate_update_interval_s * 1000))
+    idle_after_ms = int(settings.idle_flush_s * 1000)
+    ticks_sent: dict[str, int] = {}
+
+    def load(key: str) -> KeyState:
+        stored = states.get(key)
+        return KeyState.from_json(stored) if stored else KeyState(key)
+
+    def records_for(
+        state: KeyState, windows: Sequence[tuple[str, WindowCounts]], *, final: bool
+    ) -> list[OutRecord]:
+        out = []
+        for kind, window in windows:
+            key, value = window_record(
+                state, kind, window, policy, final=final, format_time=format_time_ms
+            )
+            out.append(OutRecord(key=key.encode(), value=orjson.dumps(value)))
+        return out
+
+    @app.agent(facts_topic)
+    async def aggregate(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            key = str(orjson.loads(event.key or b'""'))
+            value = orjson.loads(event.value)
+            state = load(key)
+            now = now_ms()
+            if "tick" in value:
+                # Idle flush: only if nothing arrived for the key since the tick was decided.
+                ticks_sent.pop(key, None)
+                if now - state.last_event_wall_ms < idle_after_ms or not state.has_open_windows():
+                    continue
+                closed = close_idle(state, policy)
+                updated: list[tuple[str, WindowCounts]] = []
+            else:
+                result = fold_event(state, fact_from(key, value), policy, now)
+                if result.duplicate:
+                    continue
+                closed, updated = result.closed, result.updated
+            closed_ids = [(key, kind, w.start_ms) for kind, w in closed]
+            throttle.forget(closed_ids)
+            due_now = [
+                (kind, w) for kind, w in updated if throttle.offer((key, kind, w.start_ms), now)
+            ]
+            # Finals are published and acknowledged before the state that closed them is saved:
+            # a crash in between re-closes the window and publishes the same final again.
+            pending = [
+                await _send(aggregates_topic, record)
+                for record in records_for(state, closed, final=True)
+            ]
+            await asyncio.gather(*pending)
+            for record in records_for(state, due_now, final=False):
+                await _send(aggregates_topic, record)
+            states[key] = state.to_json()
+
+    @app.timer(interval=max(settings.aggregate_update_interval_s, 0.1))  # type: ignore[untyped-decorator]
+    async def publish_held_updates() -> None:
+        now = now_ms()
+        for key, kind, start in throttle.due(now):
+            stored = states.get(key)
+            if not stored:
+                continue
+            state = KeyState.from_json(stored)
+            window = state.open.get(kind, {}).get(start)
+            if window is not None:
+                for record in records_for(state, [(kind, window)], final=False):
+                    await _send(aggregates_topic, record)
+        # Idle flush: ask the owner of each quiet key (through its own partition, so the
+        # decision is ordered with the key's facts) to close the key's open windows.
+        for key, stored in list(states.items()):
+            if not stored or not KeyState.from_json(stored).has_open_windows():
+                continue
+            quiet_for = now - int(stored["last_event_wall_ms"])
+            if quiet_for >= idle_after_ms and now - ticks_sent.get(key, 0) >= idle_after_ms:
+                ticks_sent[key] = now
+                await facts_topic.send(key=fact_key(key), value=orjson.dumps({"tick": now}))
+
+    @app.page("/aggregates/keys")
+    class AggregateKeys(View):
+        async def get(self, request: Request) -> Response:
+            keys = sorted(key for key, stored in states.items() if stored)
+            return self.json({"keys": keys, "worker": app.conf.canonical_url.human_repr()})
+
+    @app.page("/aggregates")
+    class Aggregates(View):
+        async def get(self, request: Request) -> Response:
+            query = request.query
+            key = query.get("key")
+            kind = query.get("window", "tumbling")
+            last = query.get("last", "10")
+            problem = None
+            if not key:
+                problem = "query parameter 'key' is required (see /aggregates/keys)"
+            elif kind not in WINDOW_KINDS:
+                problem = f"'window' must be one of {', '.join(WINDOW_KINDS)}, got {kind!r}"
+            elif not last.isdigit() or not 0 <= int(last) <= 1000:
+                problem = f"'last' must be an integer from 0 to 1000, got {last!r}"
+            if problem is not None:
+                return self.json({"error": problem}, status=400)
+            assert key is not None
+            try:  # the key's state lives on the worker that owns its partition: ask it
+                return await app.router.route_req(states.name, key, self.web, request)
+            except SameNode:
+                pass
+            stored = states.get(key)
+            if not stored:
+                return self.json({"error": f"no aggregates for key {key!r}"}, status=404)
+            state = KeyState.from_json(stored)
+            current = sorted(state.open.get(kind, {}).values(), key=lambda w: w.start_ms)
+            closed = state.closed.get(kind, [])[-int(last) :] if int(last) else []
+            return self.json(
+                {
+                    "key": key,
+                    "window": kind,
+                    "late_events": state.late.get(kind, 0),
+                    "stream_time": format_time_ms(state.stream_time_ms)
+                    if state.stream_time_ms
+                    else None,
+                    "current": [_window_view(state, kind, w, policy, final=False) for w in current],
+                    "closed": [_window_view(state, kind, w, policy, final=True) for w in closed],
+                }
+            )
+
+    return facts_topic
+
+
+def _window_view(
+    state: KeyState, kind: str, window: WindowCounts, policy: WindowPolicy, *, final: bool
+) -> dict[str, Any]:
+    return window_record(state, kind, window, policy, final=final, format_time=format_time_ms)[1]
 
 
 async def finish(work: asyncio.Future[None]) -> None:

@@ -51,7 +51,7 @@ def cmd_worker(_args: argparse.Namespace) -> int:
     log.info("model %s (%s) loaded on %s", runner.name, runner.version, runner.device)
     ensure_topics(
         settings.kafka,
-        pipeline_topics(settings.topics),
+        pipeline_topics(settings.topics, settings.app_id),
         replication_factor=settings.topics.replication_factor,
     )
     app = create_app(settings, runner)

@@ -43,7 +43,7 @@ def run_demo(sample: Path, timeout: float) -> int:
             bootstrap_servers=broker.bootstrap_servers, broker_profile=BrokerProfile.EMBEDDED
         )
         print(f"broker: embedded Tansu on {broker.bootstrap_servers}")
-        ensure_topics(kafka, pipeline_topics(topics))
+        ensure_topics(kafka, pipeline_topics(topics, "sentistream"))
         env = {
             "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
             "KAFKA_BROKER_PROFILE": "embedded",

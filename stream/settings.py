@@ -71,6 +71,7 @@ class TopicSettings(BaseSettings):
     input_topic: str = "sentiment.input"
     events_topic: str = "sentiment.events"
     deadletter_topic: str = "sentiment.deadletter"
+    aggregates_topic: str = "sentiment.aggregates"
     input_partitions: int = Field(default=4, ge=1)
     replication_factor: int = Field(default=1, ge=1)
 
@@ -97,7 +98,15 @@ class Settings(BaseSettings):
     clean_hashtags: bool = True
     clean_html: bool = True
     clean_whitespace: bool = True
+    window_tumbling_s: float = Field(default=60, gt=0)
+    window_hopping_s: float = Field(default=300, gt=0)
+    window_hop_s: float = Field(default=60, gt=0)
+    window_grace_s: float = Field(default=30, ge=0)
+    window_history: int = Field(default=10, ge=0)
+    aggregate_update_interval_s: float = Field(default=1.0, ge=0)
+    idle_flush_s: float = Field(default=30, gt=0)
     web_port: int = Field(default=6066, ge=0, le=65535)
+    web_url: str | None = None
     data_dir: Path = Path(".sentistream-data")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -72,6 +72,11 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaSettings]:
         )
 
 
+def app_id_for(topics: TopicSettings) -> str:
+    """Each test's workers form their own consumer group."""
+    return f"test-{topics.input_topic}"
+
+
 @pytest.fixture
 def topics(kafka: KafkaSettings) -> TopicSettings:
     """Fresh uuid-named topics for one test, created up front."""
@@ -80,8 +85,9 @@ def topics(kafka: KafkaSettings) -> TopicSettings:
         input_topic=f"test.{suffix}.input",
         events_topic=f"test.{suffix}.events",
         deadletter_topic=f"test.{suffix}.deadletter",
+        aggregates_topic=f"test.{suffix}.aggregates",
     )
-    ensure_topics(kafka, pipeline_topics(names))
+    ensure_topics(kafka, pipeline_topics(names, app_id_for(names)))
     return names
 
 
@@ -125,10 +131,11 @@ def start_worker(kafka: KafkaSettings, tmp_path: Path) -> Iterator[WorkerFactory
         settings_env = {
             "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
             "KAFKA_BROKER_PROFILE": str(kafka.broker_profile),
-            "SENTISTREAM_APP_ID": f"test-{topics.input_topic}",
+            "SENTISTREAM_APP_ID": app_id_for(topics),
             "SENTISTREAM_INPUT_TOPIC": topics.input_topic,
             "SENTISTREAM_EVENTS_TOPIC": topics.events_topic,
             "SENTISTREAM_DEADLETTER_TOPIC": topics.deadletter_topic,
+            "SENTISTREAM_AGGREGATES_TOPIC": topics.aggregates_topic,
             "SENTISTREAM_MODEL": str(model),
             "SENTISTREAM_WEB_PORT": str(free_port()),
             "SENTISTREAM_DATA_DIR": str(tmp_path / f"worker-{index}"),

@@ -55,6 +55,8 @@ class ScoredEvent:
     prediction: Prediction
     processed_at_ms: int
     payload: dict[str, Any]
+    origin: str  # the input record's "topic/partition"
+    offset: int  # the input record's offset
 
 
 @dataclass(slots=True)
@@ -120,7 +122,17 @@ def process_batch(
     processed_at_ms = now_ms()
     for item, prediction in done:
         payload = enrich(item.message, item.text, prediction, classifier, config, processed_at_ms)
-        outcome.events.append(ScoredEvent(item.message, prediction, processed_at_ms, payload))
+        record = item.record
+        outcome.events.append(
+            ScoredEvent(
+                item.message,
+                prediction,
+                processed_at_ms,
+                payload,
+                origin=f"{record.topic}/{record.partition}",
+                offset=record.offset,
+            )
+        )
     return outcome
 
 

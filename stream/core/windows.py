@@ -1,0 +1,346 @@
+"""Windowed sentiment ratios: scored events -> windows (event time) -> counts -> ratios.
+
+Pure arithmetic with the clocks passed in. One :class:`KeyState` holds everything about one
+aggregate key (``all``, ``source=...``, ``source=...,channel=...``): its open windows, the last
+closed ones, its stream time, its late-event counts and, per input partition, the highest input
+offset already counted. Keeping all of that in one value lets the worker store it as one table
+entry, so counts and the dedupe watermark always change together: a record re-read after a crash
+is recognised and not counted twice.
+
+Time rules: a window ``[start, start + size)`` closes when the key's stream time (the highest event
+time seen) reaches ``end + grace``. An event for a closed window is *late*: it is not counted there
+and adds one to ``late_events`` of that window kind. Out-of-order events within grace count in their
+own window. An idle flush (wall clock, decided by the caller) closes every open window of a key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+WindowKind = Literal["tumbling", "hopping"]
+WINDOW_KINDS: tuple[WindowKind, ...] = ("tumbling", "hopping")
+GLOBAL_KEY = "all"
+UNKNOWN_SOURCE = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSpec:
+    kind: WindowKind
+    size_ms: int
+    step_ms: int
+
+    def __post_init__(self) -> None:
+        if self.size_ms <= 0 or self.step_ms <= 0:
+            raise ValueError("window size and step must be positive")
+        if self.size_ms % self.step_ms:
+            raise ValueError("window size must be a multiple of its step")
+        if self.kind == "tumbling" and self.step_ms != self.size_ms:
+            raise ValueError("a tumbling window advances by its size")
+
+    def starts_for(self, event_time_ms: int) -> list[int]:
+        """Starts of every window containing ``event_time_ms`` (start inclusive, end exclusive),
+        oldest first."""
+        latest = (event_time_ms // self.step_ms) * self.step_ms
+        count = self.size_ms // self.step_ms
+        return [latest - i * self.step_ms for i in reversed(range(count))]
+
+
+@dataclass(frozen=True, slots=True)
+class WindowPolicy:
+    specs: tuple[WindowSpec, ...]
+    grace_ms: int = 30_000
+    history: int = 10  # closed windows kept per key and kind, for the HTTP read side
+
+    def spec(self, kind: str) -> WindowSpec:
+        for spec in self.specs:
+            if spec.kind == kind:
+                return spec
+        raise KeyError(kind)
+
+
+def default_policy(
+    tumbling_s: float = 60,
+    hopping_s: float = 300,
+    hop_s: float = 60,
+    grace_s: float = 30,
+    history: int = 10,
+) -> WindowPolicy:
+    return WindowPolicy(
+        specs=(
+            WindowSpec("tumbling", int(tumbling_s * 1000), int(tumbling_s * 1000)),
+            WindowSpec("hopping", int(hopping_s * 1000), int(hop_s * 1000)),
+        ),
+        grace_ms=int(grace_s * 1000),
+        history=history,
+    )
+
+
+def aggregate_keys(source: str | None, channel: str | None) -> list[str]:
+    """The keys one event counts under: overall, per source, per source and channel."""
+    source_key = f"source={source or UNKNOWN_SOURCE}"
+    keys = [GLOBAL_KEY, source_key]
+    if channel:
+        keys.append(f"{source_key},channel={channel}")
+    return keys
+
+
+def describe_key(key: str) -> dict[str, str | None]:
+    """``source=x,channel=y`` -> ``{"dimension": "channel", "source": "x", "channel": "y"}``."""
+    if key == GLOBAL_KEY:
+        return {"dimension": "all", "source": None, "channel": None}
+    source_part, _, channel_part = key.partition(",channel=")
+    source = source_part.removeprefix("source=")
+    if channel_part:
+        return {"dimension": "channel", "source": source, "channel": channel_part}
+    return {"dimension": "source", "source": source, "channel": None}
+
+
+def positive_ratio(positive: int, negative: int) -> float | None:
+    """pos / (pos + neg); None when there is neither."""
+    polar = positive + negative
+    return positive / polar if polar else None
+
+
+@dataclass(slots=True)
+class WindowCounts:
+    start_ms: int
+    counts: dict[str, int] = field(default_factory=dict)
+    score_sum: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def positive_ratio(self) -> float | None:
+        return positive_ratio(self.counts.get("POSITIVE", 0), self.counts.get("NEGATIVE", 0))
+
+    @property
+    def mean_score(self) -> float | None:
+        return self.score_sum / self.total if self.total else None
+
+    def add(self, label: str, score: float) -> None:
+        self.counts[label] = self.counts.get(label, 0) + 1
+        self.score_sum += score
+
+    def to_json(self) -> dict[str, Any]:
+        return {"start_ms": self.start_ms, "counts": self.counts, "score_sum": self.score_sum}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WindowCounts:
+        return cls(int(data["start_ms"]), dict(data["counts"]), float(data["score_sum"]))
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredFact:
+    """What the windows need of one enriched event, and where its input record came from."""
+
+    key: str
+    event_time_ms: int
+    label: str
+    score: float
+    model_name: str
+    origin: str  # input "topic/partition": offsets are compared within one origin only
+    offset: int
+
+
+@dataclass(slots=True)
+class KeyState:
+    key: str
+    stream_time_ms: int | None = None
+    last_event_wall_ms: int = 0
+    model_name: str | None = None
+    offsets: dict[str, int] = field(default_factory=dict)
+    open: dict[str, dict[int, WindowCounts]] = field(default_factory=dict)
+    closed: dict[str, list[WindowCounts]] = field(default_factory=dict)
+    late: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "stream_time_ms": self.stream_time_ms,
+            "last_event_wall_ms": self.last_event_wall_ms,
+            "model_name": self.model_name,
+            "offsets": self.offsets,
+            "open": {
+                kind: [w.to_json() for w in windows.values()] for kind, windows in self.open.items()
+            },
+            "closed": {kind: [w.to_json() for w in ws] for kind, ws in self.closed.items()},
+            "late": self.late,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> KeyState:
+        return cls(
+            key=data["key"],
+            stream_time_ms=data["stream_time_ms"],
+            last_event_wall_ms=int(data["last_event_wall_ms"]),
+            model_name=data["model_name"],
+            offsets={k: int(v) for k, v in data["offsets"].items()},
+            open={
+                kind: {int(w["start_ms"]): WindowCounts.from_json(w) for w in windows}
+                for kind, windows in data["open"].items()
+            },
+            closed={
+                kind: [WindowCounts.from_json(w) for w in ws] for kind, ws in data["closed"].items()
+            },
+            late={k: int(v) for k, v in data["late"].items()},
+        )
+
+    def has_open_windows(self) -> bool:
+        return any(self.open.values())
+
+
+@dataclass(slots=True)
+class FoldResult:
+    duplicate: bool = False
+    updated: list[tuple[str, WindowCounts]] = field(default_factory=list)
+    closed: list[tuple[str, WindowCounts]] = field(default_factory=list)
+    late_kinds: list[str] = field(default_factory=list)
+
+
+def is_closed(window_end_ms: int, grace_ms: int, stream_time_ms: int | None) -> bool:
+    """A window is closed once stream time reached its end plus the grace period."""
+    return stream_time_ms is not None and stream_time_ms >= window_end_ms + grace_ms
+
+
+def fold_event(state: KeyState, fact: ScoredFact, policy: WindowPolicy, now_ms: int) -> FoldResult:
+    """Count ``fact`` into ``state`` (in place); returns what changed and what closed."""
+    result = FoldResult()
+    if fact.offset <= state.offsets.get(fact.origin, -1):
+        result.duplicate = True
+        return result
+    state.offsets[fact.origin] = fact.offset
+    state.last_event_wall_ms = now_ms
+    state.model_name = fact.model_name
+    for spec in policy.specs:
+        windows = state.open.setdefault(spec.kind, {})
+        missed = False
+        for start in spec.starts_for(fact.event_time_ms):
+            window = windows.get(start)
+            if window is None:
+                if is_closed(start + spec.size_ms, policy.grace_ms, state.stream_time_ms):
+                    missed = True
+                    continue
+                window = windows[start] = WindowCounts(start)
+            window.add(fact.label, fact.score)
+            result.updated.append((spec.kind, window))
+        if missed:
+            state.late[spec.kind] = state.late.get(spec.kind, 0) + 1
+            result.late_kinds.append(spec.kind)
+    previous = state.stream_time_ms
+    state.stream_time_ms = (
+        fact.event_time_ms if previous is None else max(previous, fact.event_time_ms)
+    )
+    result.closed = close_due(state, policy)
+    return result
+
+
+def close_due(state: KeyState, policy: WindowPolicy) -> list[tuple[str, WindowCounts]]:
+    """Close every open window of ``state`` whose end + grace the stream time has reached."""
+    return _close(
+        state,
+        policy,
+        lambda spec, w: is_closed(w.start_ms + spec.size_ms, policy.grace_ms, state.stream_time_ms),
+    )
+
+
+def close_idle(state: KeyState, policy: WindowPolicy) -> list[tuple[str, WindowCounts]]:
+    """Idle flush: close every open window now, and move stream time past them so that a later
+    event for one of them is late, exactly as if stream time had reached its end + grace."""
+    closed = _close(state, policy, lambda _spec, _w: True)
+    for kind, window in closed:
+        closes_at = window.start_ms + policy.spec(kind).size_ms + policy.grace_ms
+        state.stream_time_ms = max(state.stream_time_ms or closes_at, closes_at)
+    return closed
+
+
+def _close(state: KeyState, policy: WindowPolicy, due: Any) -> list[tuple[str, WindowCounts]]:
+    closed: list[tuple[str, WindowCounts]] = []
+    for spec in policy.specs:
+        windows = state.open.get(spec.kind, {})
+        for start in sorted(windows):
+            if due(spec, windows[start]):
+                window = windows.pop(start)
+                closed.append((spec.kind, window))
+                history = state.closed.setdefault(spec.kind, [])
+                history.append(window)
+                del history[: max(0, len(history) - policy.history)]
+    return closed
+
+
+def window_record(
+    state: KeyState,
+    kind: str,
+    window: WindowCounts,
+    policy: WindowPolicy,
+    *,
+    final: bool,
+    format_time: Any,
+) -> tuple[str, dict[str, Any]]:
+    """The aggregates-topic record for one window: (Kafka key, JSON value).
+
+    The key ``<key>|<window kind>|<window start>`` lets a compacted topic keep the latest state of
+    every window.
+    """
+    spec = policy.spec(kind)
+    start = format_time(window.start_ms)
+    counts = {label: window.counts.get(label, 0) for label in ("POSITIVE", "NEGATIVE")}
+    if "NEUTRAL" in window.counts:
+        counts["NEUTRAL"] = window.counts["NEUTRAL"]
+    value = {
+        "key": state.key,
+        **describe_key(state.key),
+        "window": kind,
+        "window_start": start,
+        "window_end": format_time(window.start_ms + spec.size_ms),
+        "window_size_s": spec.size_ms / 1000,
+        "window_step_s": spec.step_ms / 1000,
+        "counts": counts,
+        "total": window.total,
+        "positive_ratio": window.positive_ratio,
+        "mean_score": window.mean_score,
+        "late_events": state.late.get(kind, 0),
+        "final": final,
+        "model_name": state.model_name,
+        "stream_time": None if state.stream_time_ms is None else format_time(state.stream_time_ms),
+    }
+    return f"{state.key}|{kind}|{start}", value
+
+
+WindowId = tuple[str, str, int]  # (key, kind, start)
+
+
+class UpdateThrottle:
+    """At most one non-final update per window per ``interval_ms``; others wait for :meth:`due`."""
+
+    def __init__(self, interval_ms: int) -> None:
+        self.interval_ms = interval_ms
+        self._last: dict[WindowId, int] = {}
+        self._pending: set[WindowId] = set()
+
+    def offer(self, window: WindowId, now_ms: int) -> bool:
+        """True: publish this update now. False: it is held and :meth:`due` will return it."""
+        last = self._last.get(window)
+        if last is None or now_ms - last >= self.interval_ms:
+            self._last[window] = now_ms
+            self._pending.discard(window)
+            return True
+        self._pending.add(window)
+        return False
+
+    def due(self, now_ms: int) -> list[WindowId]:
+        """Held windows whose interval has passed; they count as published now."""
+        ready = [w for w in self._pending if now_ms - self._last.get(w, now_ms) >= self.interval_ms]
+        for window in ready:
+            self._pending.discard(window)
+            self._last[window] = now_ms
+        return sorted(ready)
+
+    def forget(self, windows: Iterable[WindowId]) -> None:
+        """A window closed: its final record supersedes any held update."""
+        for window in windows:
+            self._pending.discard(window)
+            self._last.pop(window, None)
