@@ -40,10 +40,13 @@ class RecordProducer:
         key: bytes | None = None,
         headers: list[tuple[str, bytes]] | None = None,
         timestamp_ms: int | None = None,
+        partition: int | None = None,
     ) -> None:
         kwargs: dict[str, Any] = {"key": key, "headers": headers, "on_delivery": self._on_delivery}
         if timestamp_ms is not None:
             kwargs["timestamp"] = timestamp_ms
+        if partition is not None:
+            kwargs["partition"] = partition
         while True:
             try:
                 self._producer.produce(topic, value, **kwargs)

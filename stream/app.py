@@ -47,7 +47,9 @@ from stream.core.windows import (
     UpdateThrottle,
     WindowCounts,
     WindowPolicy,
+    advance_stream_time,
     aggregate_keys,
+    close_due,
     close_idle,
     default_policy,
     fold_event,
@@ -101,10 +103,11 @@ def window_policy(settings: Settings) -> WindowPolicy:
         hop_s=settings.window_hop_s,
         grace_s=settings.window_grace_s,
         history=settings.window_history,
+        partition_idle_s=settings.partition_idle_s,
     )
 
 
-def aggregate_facts(outcome: BatchOutcome) -> list[OutRecord]:
+def aggregate_facts(outcome: BatchOutcome, input_partitions: int) -> list[OutRecord]:
     """One fact per scored event and aggregate key, keyed by that aggregate key."""
     facts: list[OutRecord] = []
     for event in outcome.events:
@@ -118,6 +121,7 @@ def aggregate_facts(outcome: BatchOutcome) -> list[OutRecord]:
                 "m": payload["model_name"],
                 "o": event.origin,
                 "n": event.offset,
+                "p": input_partitions,
             }
             facts.append(OutRecord(key=fact_key(key), value=orjson.dumps(value)))
     return facts
@@ -138,6 +142,7 @@ def fact_from(key: str, value: dict[str, Any]) -> ScoredFact:
         model_name=str(value["m"]),
         origin=str(value["o"]),
         offset=int(value["n"]),
+        partitions=int(value.get("p", 1)),
     )
 
 
@@ -181,7 +186,7 @@ def create_app(settings: Settings, classifier: Classifier) -> faust.App:
             pending.append(await _send(events_topic, record))
         for record in outcome.dead_letters:
             pending.append(await _send(deadletter_topic, record))
-        for record in aggregate_facts(outcome):
+        for record in aggregate_facts(outcome, topics.input_partitions):
             pending.append(await _send(facts_topic, record))
         await asyncio.gather(*pending)
 
@@ -267,11 +272,17 @@ def wire_aggregates(app: faust.App, settings: Settings) -> faust.TopicT:
             state = load(key)
             now = now_ms()
             if "tick" in value:
-                # Idle flush: only if nothing arrived for the key since the tick was decided.
+                # Time passes without facts: silent partitions may have gone idle (stream time
+                # moves on), or the whole key has (idle flush closes its windows).
                 ticks_sent.pop(key, None)
-                if now - state.last_event_wall_ms < idle_after_ms or not state.has_open_windows():
+                if not state.has_open_windows():
                     continue
-                closed = close_idle(state, policy)
+                advance_stream_time(state, policy, now)
+                closed = close_due(state, policy)
+                if now - state.last_event_wall_ms >= idle_after_ms:
+                    closed += close_idle(state, policy)
+                if not closed:
+                    continue
                 updated: list[tuple[str, WindowCounts]] = []
             else:
                 result = fold_event(state, fact_from(key, value), policy, now)
@@ -306,13 +317,14 @@ def wire_aggregates(app: faust.App, settings: Settings) -> faust.TopicT:
             if window is not None:
                 for record in records_for(state, [(kind, window)], final=False):
                     await _send(aggregates_topic, record)
-        # Idle flush: ask the owner of each quiet key (through its own partition, so the
-        # decision is ordered with the key's facts) to close the key's open windows.
+        # Quiet keys with open windows get a tick through their own partition (so it is ordered
+        # with the key's facts): its owner re-evaluates stream time and the idle flush.
+        tick_every_ms = min(idle_after_ms, policy.partition_idle_ms)
         for key, stored in list(states.items()):
             if not stored or not KeyState.from_json(stored).has_open_windows():
                 continue
             quiet_for = now - int(stored["last_event_wall_ms"])
-            if quiet_for >= idle_after_ms and now - ticks_sent.get(key, 0) >= idle_after_ms:
+            if quiet_for >= tick_every_ms and now - ticks_sent.get(key, 0) >= tick_every_ms:
                 ticks_sent[key] = now
                 await facts_topic.send(key=fact_key(key), value=orjson.dumps({"tick": now}))
 

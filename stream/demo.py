@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -44,12 +47,15 @@ def run_demo(sample: Path, timeout: float) -> int:
         )
         print(f"broker: embedded Tansu on {broker.bootstrap_servers}")
         ensure_topics(kafka, pipeline_topics(topics, "sentistream"))
+        web_port = free_port()
         env = {
             "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
             "KAFKA_BROKER_PROFILE": "embedded",
             "SENTISTREAM_MODEL": model,
-            "SENTISTREAM_WEB_PORT": str(free_port()),
+            "SENTISTREAM_WEB_PORT": str(web_port),
             "SENTISTREAM_DATA_DIR": str(workdir / "data"),
+            # The sample's last windows close on the idle flush: keep the demo short.
+            "SENTISTREAM_IDLE_FLUSH_S": "3",
         }
         with WorkerProcess(env, log_path=workdir / "worker.log") as worker:
             print(f"worker: pid {worker.pid}, scoring {topics.input_topic}\n")
@@ -58,6 +64,7 @@ def run_demo(sample: Path, timeout: float) -> int:
                 print(f"could not produce {report.failed} messages: {report.errors[:3]}")
                 return 1
             received = _print_results(kafka, topics, report.sent, worker, timeout)
+            _print_windows(f"http://127.0.0.1:{web_port}", timeout=30)
         print("\nworker stopped; broker stopping")
     return 0 if received >= report.sent else 1
 
@@ -103,6 +110,50 @@ def _print_results(
         ratio = f"{counts['POSITIVE'] / polar:.2f}" if polar else "n/a"
         print(f"  {source:<10} {ratio}  ({counts['POSITIVE']} positive / {polar})")
     return received
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - our own worker
+        return orjson.loads(response.read())
+
+
+def _print_windows(base_url: str, timeout: float) -> None:
+    """The windowed ratios, read back over the worker's HTTP side once every window closed."""
+    deadline = time.monotonic() + timeout
+    overall = None
+    while time.monotonic() < deadline:
+        try:
+            overall = _get_json(f"{base_url}/aggregates?key=all&window=tumbling&last=100")
+        except (OSError, ValueError):
+            overall = None
+        if overall is not None and overall["closed"] and not overall["current"]:
+            break
+        time.sleep(0.5)
+    if overall is None:
+        print("\n(no windowed aggregates could be read from the worker)")
+        return
+    print(f"\nwindowed ratios over HTTP ({base_url}/aggregates), tumbling 60 s, all sources:")
+    print(f"  {'window start':<26} {'pos':>4} {'neg':>4}  ratio")
+    for window in overall["closed"] + overall["current"]:
+        counts = window["counts"]
+        ratio = window["positive_ratio"]
+        shown = f"{ratio:.2f}" if ratio is not None else "n/a"
+        flag = "" if window["final"] else "  (open)"
+        print(
+            f"  {window['window_start']:<26} {counts['POSITIVE']:>4} {counts['NEGATIVE']:>4}"
+            f"  {shown}{flag}"
+        )
+    keys = _get_json(f"{base_url}/aggregates/keys")["keys"]
+    print("last closed 300 s hopping window per source:")
+    for key in keys:
+        if not key.startswith("source=") or ",channel=" in key:
+            continue
+        hopping = _get_json(f"{base_url}/aggregates?key={urllib.parse.quote(key)}&window=hopping")
+        if hopping["closed"]:
+            last = hopping["closed"][-1]
+            ratio = last["positive_ratio"]
+            shown = f"{ratio:.2f}" if ratio is not None else "n/a"
+            print(f"  {key:<18} {last['window_start']}  ratio {shown}  ({last['total']} events)")
 
 
 def _format_event(event: dict[str, object]) -> str:

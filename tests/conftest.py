@@ -162,6 +162,11 @@ class Outputs:
     def count(self) -> int:
         return sum(len(v) for v in self.events.values()) + len(self.dead_letters)
 
+    @property
+    def distinct(self) -> int:
+        """Inputs accounted for, a message scored twice (after a crash) counting once."""
+        return len(self.events) + len(self.dead_letters)
+
 
 Collector = Callable[..., Outputs]
 
@@ -171,8 +176,13 @@ def collect(kafka: KafkaSettings) -> Collector:
     """Read the events and dead-letter topics until ``expected`` records arrived (or fail)."""
 
     def collect(
-        topics: TopicSettings, expected: int, worker: WorkerProcess, timeout: float = 180.0
+        topics: TopicSettings,
+        expected: int,
+        worker: WorkerProcess,
+        timeout: float = 180.0,
+        distinct: bool = False,
     ) -> Outputs:
+        """``distinct``: wait for ``expected`` different inputs (duplicates allowed)."""
         outputs = Outputs()
         deadline = time.monotonic() + timeout
         settle_until: list[float] = []  # set once `expected` arrived: wait briefly for duplicates
@@ -180,7 +190,8 @@ def collect(kafka: KafkaSettings) -> Collector:
         def settled() -> bool:
             if worker.exit_code() is not None:
                 pytest.fail(f"worker exited with {worker.exit_code()}:\n{worker.log_tail()}")
-            if outputs.count >= expected and not settle_until:
+            arrived = outputs.distinct if distinct else outputs.count
+            if arrived >= expected and not settle_until:
                 settle_until.append(time.monotonic() + DUPLICATE_WATCH_S)
             return bool(settle_until) and time.monotonic() >= settle_until[0]
 
@@ -192,7 +203,7 @@ def collect(kafka: KafkaSettings) -> Collector:
                 outputs.events.setdefault(str(event["id"]), []).append(event)
             else:
                 outputs.dead_letters.append(record)
-        if outputs.count < expected:
+        if (outputs.distinct if distinct else outputs.count) < expected:
             pytest.fail(
                 f"only {outputs.count}/{expected} outputs within {timeout}s; worker log:\n"
                 f"{worker.log_tail()}"

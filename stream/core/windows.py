@@ -7,10 +7,18 @@ offset already counted. Keeping all of that in one value lets the worker store i
 entry, so counts and the dedupe watermark always change together: a record re-read after a crash
 is recognised and not counted twice.
 
-Time rules: a window ``[start, start + size)`` closes when the key's stream time (the highest event
-time seen) reaches ``end + grace``. An event for a closed window is *late*: it is not counted there
-and adds one to ``late_events`` of that window kind. Out-of-order events within grace count in their
-own window. An idle flush (wall clock, decided by the caller) closes every open window of a key.
+Time rules: a window ``[start, start + size)`` closes when the key's stream time reaches
+``end + grace``. Stream time is the highest event time seen, taken per input partition: Kafka
+orders records within a partition only, and one worker may read a partition far ahead of another,
+so the key's stream time is the *lowest* of its input partitions' highest event times (as a
+watermark is in Flink), and it never goes back. A partition that has sent the key nothing for
+``partition_idle_ms`` of wall time (or never, since the key appeared) stops holding it back, so a
+key fed by one partition (a chat room keyed by channel) still advances. With one input partition
+this is simply the highest event time seen.
+
+An event for a closed window is *late*: it is not counted there and adds one to ``late_events`` of
+that window kind. Out-of-order events within grace count in their own window. An idle flush (wall
+clock, decided by the caller) closes every open window of a key.
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ class WindowPolicy:
     specs: tuple[WindowSpec, ...]
     grace_ms: int = 30_000
     history: int = 10  # closed windows kept per key and kind, for the HTTP read side
+    partition_idle_ms: int = 5_000  # wall time after which a silent input partition is ignored
 
     def spec(self, kind: str) -> WindowSpec:
         for spec in self.specs:
@@ -66,6 +75,7 @@ def default_policy(
     hop_s: float = 60,
     grace_s: float = 30,
     history: int = 10,
+    partition_idle_s: float = 5,
 ) -> WindowPolicy:
     return WindowPolicy(
         specs=(
@@ -74,6 +84,7 @@ def default_policy(
         ),
         grace_ms=int(grace_s * 1000),
         history=history,
+        partition_idle_ms=int(partition_idle_s * 1000),
     )
 
 
@@ -144,6 +155,13 @@ class ScoredFact:
     model_name: str
     origin: str  # input "topic/partition": offsets are compared within one origin only
     offset: int
+    partitions: int = 1  # how many partitions the input topic has
+
+    @property
+    def origins(self) -> list[str]:
+        """Every partition of the input topic, in this fact's ``topic/partition`` spelling."""
+        topic = self.origin.rpartition("/")[0]
+        return [f"{topic}/{p}" for p in range(self.partitions)]
 
 
 @dataclass(slots=True)
@@ -153,6 +171,10 @@ class KeyState:
     last_event_wall_ms: int = 0
     model_name: str | None = None
     offsets: dict[str, int] = field(default_factory=dict)
+    partition_times: dict[str, int] = field(default_factory=dict)  # origin -> highest event time
+    partition_seen_ms: dict[str, int] = field(default_factory=dict)  # origin -> wall ms, last fact
+    origins: list[str] = field(default_factory=list)  # every input partition that may feed the key
+    created_wall_ms: int | None = None
     open: dict[str, dict[int, WindowCounts]] = field(default_factory=dict)
     closed: dict[str, list[WindowCounts]] = field(default_factory=dict)
     late: dict[str, int] = field(default_factory=dict)
@@ -164,6 +186,10 @@ class KeyState:
             "last_event_wall_ms": self.last_event_wall_ms,
             "model_name": self.model_name,
             "offsets": self.offsets,
+            "partition_times": self.partition_times,
+            "partition_seen_ms": self.partition_seen_ms,
+            "origins": self.origins,
+            "created_wall_ms": self.created_wall_ms,
             "open": {
                 kind: [w.to_json() for w in windows.values()] for kind, windows in self.open.items()
             },
@@ -179,6 +205,10 @@ class KeyState:
             last_event_wall_ms=int(data["last_event_wall_ms"]),
             model_name=data["model_name"],
             offsets={k: int(v) for k, v in data["offsets"].items()},
+            partition_times={k: int(v) for k, v in data.get("partition_times", {}).items()},
+            partition_seen_ms={k: int(v) for k, v in data.get("partition_seen_ms", {}).items()},
+            origins=list(data.get("origins", [])),
+            created_wall_ms=data.get("created_wall_ms"),
             open={
                 kind: {int(w["start_ms"]): WindowCounts.from_json(w) for w in windows}
                 for kind, windows in data["open"].items()
@@ -230,12 +260,39 @@ def fold_event(state: KeyState, fact: ScoredFact, policy: WindowPolicy, now_ms: 
         if missed:
             state.late[spec.kind] = state.late.get(spec.kind, 0) + 1
             result.late_kinds.append(spec.kind)
-    previous = state.stream_time_ms
-    state.stream_time_ms = (
-        fact.event_time_ms if previous is None else max(previous, fact.event_time_ms)
-    )
+    times = state.partition_times
+    times[fact.origin] = max(times.get(fact.origin, fact.event_time_ms), fact.event_time_ms)
+    state.partition_seen_ms[fact.origin] = now_ms
+    if state.created_wall_ms is None:
+        state.created_wall_ms = now_ms
+    state.origins = sorted(set(state.origins) | set(fact.origins) | {fact.origin})
+    advance_stream_time(state, policy, now_ms)
     result.closed = close_due(state, policy)
     return result
+
+
+def advance_stream_time(state: KeyState, policy: WindowPolicy, now_ms: int) -> None:
+    """Stream time := max(itself, lowest highest-event-time over the partitions still active).
+
+    An active partition that has not sent anything yet holds stream time where it is: its
+    first records may be older than everything seen so far.
+    """
+    active_times: list[int] = []
+    appeared = now_ms if state.created_wall_ms is None else state.created_wall_ms
+    for origin in state.origins or list(state.partition_times):
+        last_seen = state.partition_seen_ms.get(origin, appeared)
+        if now_ms - last_seen >= policy.partition_idle_ms:
+            continue
+        if origin not in state.partition_times:
+            return
+        active_times.append(state.partition_times[origin])
+    if not active_times:  # all quiet: the highest event time seen anywhere
+        active_times = [max(state.partition_times.values(), default=0)]
+        if not state.partition_times:
+            return
+    watermark = min(active_times)
+    previous = state.stream_time_ms
+    state.stream_time_ms = watermark if previous is None else max(previous, watermark)
 
 
 def close_due(state: KeyState, policy: WindowPolicy) -> list[tuple[str, WindowCounts]]:

@@ -1,9 +1,10 @@
 """Windowed ratios end to end: controlled event times -> worker(s) -> aggregates topic and HTTP.
 
-Kafka defines no order across partitions, so the inputs of one scenario go to one input partition
-(one Kafka key): the order in which each aggregate key sees its events is then the produce order,
-and which events are late is unambiguous. The aggregation side still spreads over every partition
-of the aggregate-input topic (8 aggregate keys), and over both workers in the two-worker test.
+Every channel's events are spread over all 4 input partitions, in event-time order within each
+partition (every 10th event 12 s out of order, within grace). Stream time is the lowest of the
+partitions' highest event times, so how the worker interleaves partitions cannot make an on-time
+event late. Late events are produced once the on-time ones were scored, so their lateness is
+unambiguous too; then far-future events on every partition close the remaining windows.
 """
 
 from __future__ import annotations
@@ -60,27 +61,45 @@ class Input:
     time_ms: int
     text: str
     kind: str  # "on_time", "late" or "flush"
+    partition: int
 
 
-def scenario() -> list[Input]:
-    """~240 events over 6 minutes (every 10th 12 s out of order, within grace), then 6 late events
-    (their windows closed long ago), then one far-future event per channel to close the rest."""
+PARTITIONS = 4
+
+
+def on_time_inputs() -> list[Input]:
+    """240 events over 6 minutes; channel = index % 4, partition = (index // 4) % 4, so every
+    channel is spread over every partition."""
     inputs: list[Input] = []
     for index in range(240):
         source, channel = CHANNELS[index % len(CHANNELS)]
         time_ms = T0 + index * 1_500 - (12_000 if index % 10 == 9 else 0)
         texts = POSITIVE_TEXTS if (index * 7) % 5 < 3 else NEGATIVE_TEXTS
         text = texts[index % len(texts)]
-        inputs.append(Input(f"e{index:03d}", source, channel, time_ms, text, "on_time"))
-    for index in range(6):
-        source, channel = CHANNELS[index % len(CHANNELS)]
-        inputs.append(Input(f"late{index}", source, channel, T0 + 5_000, "so happy", "late"))
-    for index, (source, channel) in enumerate(CHANNELS):
-        inputs.append(Input(f"flush{index}", source, channel, FLUSH_AT, "fine", "flush"))
+        partition = (index // len(CHANNELS)) % PARTITIONS
+        inputs.append(Input(f"e{index:03d}", source, channel, time_ms, text, "on_time", partition))
     return inputs
 
 
+def late_inputs() -> list[Input]:
+    """8 events whose windows closed long ago, two on each partition."""
+    return [
+        Input(f"late{i}", *CHANNELS[i % len(CHANNELS)], T0 + 5_000, "so happy", "late", i % 4)
+        for i in range(8)
+    ]
+
+
+def flush_inputs() -> list[Input]:
+    """A far-future event per channel and partition: stream time passes every earlier window."""
+    return [
+        Input(f"flush{c}-{p}", source, channel, FLUSH_AT, "fine", "flush", p)
+        for c, (source, channel) in enumerate(CHANNELS)
+        for p in range(PARTITIONS)
+    ]
+
+
 def produce(kafka: KafkaSettings, topics: TopicSettings, inputs: list[Input]) -> None:
+    assert topics.input_partitions == PARTITIONS
     producer = RecordProducer(kafka)
     for item in inputs:
         message = {
@@ -90,8 +109,23 @@ def produce(kafka: KafkaSettings, topics: TopicSettings, inputs: list[Input]) ->
             "channel": item.channel,
             "timestamp": item.time_ms,
         }
-        producer.send(topics.input_topic, orjson.dumps(message), key=b"one-partition")
+        producer.send(topics.input_topic, orjson.dumps(message), partition=item.partition)
     assert producer.flush().failed == 0
+
+
+def feed_in_phases(
+    kafka: KafkaSettings,
+    topics: TopicSettings,
+    collect: Collector,
+    worker: WorkerProcess,
+    on_time: list[Input],
+) -> list[Input]:
+    """Produce on-time events, wait until all were scored, then the late ones, then the flush."""
+    produce(kafka, topics, on_time)
+    collect(topics, expected=len(on_time_inputs()), worker=worker, distinct=True)
+    rest = late_inputs() + flush_inputs()
+    produce(kafka, topics, rest)
+    return on_time_inputs() + rest
 
 
 WindowKey = str  # "<key>|<kind>|<start>", as on the aggregates topic
@@ -105,7 +139,7 @@ def expected_windows(inputs: list[Input], outputs: Outputs) -> dict[WindowKey, d
     for item in inputs:
         if item.kind != "on_time":
             continue
-        (event,) = outputs.events[item.id]
+        event = outputs.events[item.id][0]  # a duplicate after a crash has the same label
         starts = {
             "tumbling": [item.time_ms // TUMBLING_MS * TUMBLING_MS],
             "hopping": [
@@ -187,7 +221,7 @@ def run_and_collect(
     workers: list[WorkerProcess],
     inputs: list[Input],
 ) -> tuple[Outputs, dict[WindowKey, dict[str, Any]], dict[WindowKey, dict[str, Any]]]:
-    outputs = collect(topics, expected=len(inputs), worker=workers[-1])
+    outputs = collect(topics, expected=len(inputs), worker=workers[-1], distinct=True)
     assert not outputs.dead_letters
     expected = expected_windows(inputs, outputs)
     finals = read_finals(kafka, topics, set(expected), workers)
@@ -201,9 +235,8 @@ def test_windows_are_exact_on_the_topic_and_over_http(
     collect: Collector,
     minilm: Path,
 ) -> None:
-    inputs = scenario()
     worker = start_worker(minilm, topics, **WORKER_ENV)
-    produce(kafka, topics, inputs)
+    inputs = feed_in_phases(kafka, topics, collect, worker, on_time_inputs())
 
     _, expected, finals = run_and_collect(kafka, topics, collect, [worker], inputs)
     assert_exact(finals, expected)
@@ -238,9 +271,9 @@ def test_windows_stay_exact_across_a_worker_crash(
     collect: Collector,
     minilm: Path,
 ) -> None:
-    inputs = scenario()
+    on_time = on_time_inputs()
     first = start_worker(minilm, topics, **WORKER_ENV)
-    produce(kafka, topics, inputs[:120])
+    produce(kafka, topics, on_time[:120])
     seen = 0
     for record in read_topics(kafka, [topics.aggregates_topic], deadline=time.monotonic() + 120):
         seen += orjson.loads(record.value or b"")["final"]
@@ -250,7 +283,7 @@ def test_windows_stay_exact_across_a_worker_crash(
     first.kill()
 
     second = start_worker(minilm, topics, **WORKER_ENV)
-    produce(kafka, topics, inputs[120:])
+    inputs = feed_in_phases(kafka, topics, collect, second, on_time[120:])
     _, expected, finals = run_and_collect(kafka, topics, collect, [second], inputs)
     assert_exact(finals, expected)
 
@@ -262,9 +295,8 @@ def test_two_workers_in_one_group_give_the_same_windows_as_one(
     collect: Collector,
     minilm: Path,
 ) -> None:
-    inputs = scenario()
     workers = [start_worker(minilm, topics, **WORKER_ENV) for _ in range(2)]
-    produce(kafka, topics, inputs)
+    inputs = feed_in_phases(kafka, topics, collect, workers[-1], on_time_inputs())
 
     _, expected, finals = run_and_collect(kafka, topics, collect, workers, inputs)
     assert_exact(finals, expected)

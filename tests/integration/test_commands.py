@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -92,4 +93,12 @@ def test_demo_runs_end_to_end_and_accounts_for_every_sample_message(tmp_path: Pa
     assert "NEGATIVE" in output
     for reason in ("invalid_json", "not_an_object", "missing_text", "empty_after_cleaning"):
         assert reason in output
+    # The windowed ratios, read over HTTP after the idle flush closed every window, add up to the
+    # events: every scored message counted in exactly one tumbling window.
+    events = int(re.search(r"accounted for: (\d+) events", output).group(1))  # type: ignore[union-attr]
+    table = output.split("tumbling 60 s, all sources:")[1].split("last closed")[0]
+    rows = re.findall(r"^\s+\S+Z\s+(\d+)\s+(\d+)\s+\S+(.*)$", table, flags=re.M)
+    assert rows, output
+    assert sum(int(pos) + int(neg) for pos, neg, _ in rows) == events
+    assert not any("open" in flag for _, _, flag in rows), "the idle flush closed every window"
     assert time.monotonic() - started < 300

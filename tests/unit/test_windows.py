@@ -569,7 +569,8 @@ def busy_state() -> KeyState:
     feeder.feed(BASE + 1_000, "POSITIVE", 0.9, origin="scored/0", offset=10, now_ms=5)
     feeder.feed(BASE + 2_000, "NEGATIVE", 0.8, origin="scored/1", offset=3, now_ms=6)
     feeder.feed(BASE + 95_000, "NEUTRAL", 0.55, origin="scored/0", offset=11, now_ms=7)
-    feeder.feed(BASE + 3_000, "NEGATIVE", 0.7, origin="scored/1", offset=4, now_ms=8)  # late
+    feeder.feed(BASE + 96_000, "POSITIVE", 0.6, origin="scored/1", offset=4, now_ms=8)
+    feeder.feed(BASE + 3_000, "NEGATIVE", 0.7, origin="scored/1", offset=5, now_ms=9)  # late
     assert feeder.state.closed
     assert feeder.state.late
     return feeder.state
@@ -834,3 +835,32 @@ def test_facts_within_grace_are_each_counted_once_in_every_window_holding_them(
         windows_per_fact = spec.size_ms // spec.step_ms
         total = sum(w.total for w in closed.values()) + sum(w.total for w in still_open.values())
         assert total == len(events) * windows_per_fact
+
+
+def two_partition_fact(time_ms: int, partition: int, offset: int) -> ScoredFact:
+    return ScoredFact("all", time_ms, "POSITIVE", 0.9, "m", f"in/{partition}", offset, partitions=2)
+
+
+def test_stream_time_waits_for_the_slowest_input_partition() -> None:
+    state = KeyState("all")
+    fold_event(state, two_partition_fact(BASE + 1_000, 0, 0), POLICY, now_ms=0)
+    fold_event(state, two_partition_fact(BASE + 5 * MINUTE, 0, 1), POLICY, now_ms=10)
+    assert state.stream_time_ms is None, "partition 1 has not spoken yet: nothing may close"
+    fold_event(state, two_partition_fact(BASE + 2_000, 1, 0), POLICY, now_ms=20)
+    assert state.stream_time_ms == BASE + 2_000
+    assert not state.closed
+    assert not state.late
+    assert state.open["tumbling"][BASE].counts == {"POSITIVE": 2}
+    result = fold_event(state, two_partition_fact(BASE + 5 * MINUTE, 1, 1), POLICY, now_ms=30)
+    assert ("tumbling", BASE) in [(kind, w.start_ms) for kind, w in result.closed]
+
+
+def test_a_silent_partition_stops_holding_stream_time_back_after_the_idle_period() -> None:
+    state = KeyState("all")
+    fold_event(state, two_partition_fact(BASE + 1_000, 0, 0), POLICY, now_ms=0)
+    fold_event(state, two_partition_fact(BASE + 5 * MINUTE, 0, 1), POLICY, now_ms=1_000)
+    assert state.stream_time_ms is None
+    idle = POLICY.partition_idle_ms
+    result = fold_event(state, two_partition_fact(BASE + 5 * MINUTE + 1, 0, 2), POLICY, now_ms=idle)
+    assert state.stream_time_ms == BASE + 5 * MINUTE + 1
+    assert ("tumbling", BASE) in [(kind, w.start_ms) for kind, w in result.closed]
