@@ -73,6 +73,8 @@ class SentimentRunner:
     def predict(self, texts: Sequence[str]) -> ScoredBatch:
         """Score ``texts``; predictions come back in the same order as the texts."""
         started = time.perf_counter()
+        if not texts:
+            return ScoredBatch(predictions=[], model_ms=0.0, forward_batches=0)
         encoded = self.tokenizer(
             list(texts), truncation=True, max_length=self.max_length, verbose=False
         )

@@ -117,7 +117,9 @@ def process_batch(
     done, failed = score_isolating_failures(ready, score)
     for failure in failed:
         error = failure.error
-        dead_letter(failure.item.record, DeadLetterReason.MODEL, f"{type(error).__name__}: {error}")
+        # A model's error message may quote its input: with redaction only the type is kept.
+        detail = type(error).__name__ if config.redact_text else f"{type(error).__name__}: {error}"
+        dead_letter(failure.item.record, DeadLetterReason.MODEL, detail)
 
     processed_at_ms = now_ms()
     for item, prediction in done:

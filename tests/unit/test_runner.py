@@ -239,3 +239,9 @@ def test_model_version_falls_back_to_hub_commit_then_unknown() -> None:
     assert model_version("org/some-model", hub) == "0123456789ab"
     nothing = SimpleNamespace(config=SimpleNamespace())
     assert model_version("org/some-model", nothing) == "unknown"
+
+
+def test_predict_with_no_texts_returns_an_empty_batch(runner: SentimentRunner) -> None:
+    scored = runner.predict([])
+    assert scored.predictions == []
+    assert scored.forward_batches == 0
