@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -36,12 +36,21 @@ def ensure_topics(
     *,
     replication_factor: int = 1,
     timeout: float = 30.0,
+    compacted: Collection[str] = (),
 ) -> list[str]:
-    """Create the topics that do not exist yet; returns the names created."""
+    """Create the topics that do not exist yet; returns the names created. ``compacted`` topics
+    get ``cleanup.policy=compact`` (real Kafka only: the embedded broker does not compact)."""
     admin = AdminClient(kafka.librdkafka_config())
     existing = set(admin.list_topics(timeout=timeout).topics)
     wanted = [
-        NewTopic(name, num_partitions=count, replication_factor=replication_factor)
+        NewTopic(
+            name,
+            num_partitions=count,
+            replication_factor=replication_factor,
+            config={"cleanup.policy": "compact"}
+            if name in compacted and not kafka.embedded
+            else {},
+        )
         for name, count in partitions_by_topic.items()
         if name not in existing
     ]

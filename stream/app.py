@@ -25,7 +25,7 @@ import socket
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, cast
+from typing import Any
 
 import faust
 import orjson
@@ -36,6 +36,7 @@ from faust.web import Request, Response, View
 
 from connectors.admin import aggregate_input_topic
 from connectors.clients import faust_settings
+from stream.core.batching import collect_batch
 from stream.core.cleaning import CleaningRules
 from stream.core.codec import format_time_ms
 from stream.core.pipeline import BatchOutcome, Classifier, OutRecord, PipelineConfig, process_batch
@@ -207,11 +208,27 @@ def create_app(settings: Settings, classifier: Classifier) -> faust.App:
 
     @app.agent(input_topic)
     async def score(stream: faust.StreamT[bytes]) -> None:
-        # take_events acks a batch when the loop comes back for the next one, i.e. only after
-        # handle() has published it; a shutdown mid-batch waits for that batch (see finish()).
-        batches = cast(faust.Stream[bytes], stream).take_events(settings.batch_size, max_wait_s)
-        async for events in batches:
-            await finish(asyncio.ensure_future(handle(events)))
+        # Our own batching rather than Faust's take_events, whose buffer hand-off can stall
+        # (faust-streaming #175, #640; seen here after a worker restart). A feeder task queues
+        # events; each batch is what queued while the previous one was scored (a lone message is
+        # scored at once), topped up for at most SENTISTREAM_BATCH_MAX_WAIT_MS. Events are acked
+        # only after their results were published: a shutdown or crash before that re-reads them.
+        stream.enable_acks = False
+        queue: asyncio.Queue[EventT[bytes]] = asyncio.Queue(maxsize=4 * settings.batch_size)
+
+        async def feed() -> None:
+            async for event in stream.events():
+                await queue.put(event)
+
+        feeder = asyncio.ensure_future(feed())
+        try:
+            while True:
+                events = await collect_batch(queue, settings.batch_size, max_wait_s)
+                await finish(asyncio.ensure_future(handle(events)))
+                for event in events:
+                    await stream.ack(event)
+        finally:
+            feeder.cancel()
 
     @app.page("/health")
     class Health(View):
@@ -384,12 +401,9 @@ def _window_view(
 
 
 async def finish(work: asyncio.Future[None]) -> None:
-    """Await a batch's work even if we are cancelled meanwhile.
-
-    Faust acks the batch as soon as this returns or raises, so it must not return before the
-    batch is published. If publishing fails or a shutdown cannot wait for it, the process exits
-    at once without acking: the batch is re-read after restart (at-least-once, never loss).
-    """
+    """Await a batch's work even if we are cancelled meanwhile (a shutdown lets the batch in
+    flight be published). If publishing fails, or a shutdown cannot wait for it, the process
+    exits at once: its batch was never acked, so it is re-read after restart (at-least-once)."""
     try:
         await asyncio.shield(work)
         return

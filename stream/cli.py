@@ -53,6 +53,8 @@ def cmd_worker(_args: argparse.Namespace) -> int:
         settings.kafka,
         pipeline_topics(settings.topics, settings.app_id),
         replication_factor=settings.topics.replication_factor,
+        # A compacted aggregates topic keeps the latest state of every window.
+        compacted={settings.topics.aggregates_topic},
     )
     app = create_app(settings, runner)
     worker = Worker(app, loglevel=settings.log_level, quiet=True)
@@ -60,8 +62,29 @@ def cmd_worker(_args: argparse.Namespace) -> int:
         # The Kafka libraries log record values at DEBUG; with redaction no text may reach a log.
         for name in REDACTED_LIBRARY_LOGGERS:
             logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger(name).level))
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def install_task_dump() -> None:
+        # After the worker's own signal handlers (mode binds SIGUSR2 to pdb).
+        worker.loop.add_signal_handler(signal.SIGUSR2, dump_tasks)
+
     worker.execute_from_commandline()
     return 0
+
+
+def dump_tasks() -> None:
+    """SIGUSR2: log where every asyncio task waits, following its chain of awaits."""
+    import asyncio
+
+    for task in asyncio.all_tasks():
+        frames = []
+        awaitable: object = task.get_coro()
+        while awaitable is not None:
+            frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "ag_frame", None)
+            if frame is not None:
+                frames.append(f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+            awaitable = getattr(awaitable, "cr_await", None) or getattr(awaitable, "ag_await", None)
+        log.warning("task %s waits in:\n  %s", task.get_name(), "\n  ".join(frames))
 
 
 def cmd_broker(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ failure, *split and retry* until the record at fault stands alone.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -81,3 +82,27 @@ def score_isolating_failures(
     if items:
         attempt(items)
     return done, failed
+
+
+async def collect_batch(queue: asyncio.Queue[T], max_size: int, max_wait_s: float) -> list[T]:
+    """Wait for one item, then take what else is queued, up to ``max_size`` items.
+
+    With ``max_wait_s == 0`` the batch is just what accumulated meanwhile: a lone item goes at
+    once, and under load batches fill while the previous one is being scored. A positive
+    ``max_wait_s`` tops a short batch up for at most that long after its first item.
+    """
+    batch = [await queue.get()]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max_wait_s
+    while len(batch) < max_size:
+        if not queue.empty():
+            batch.append(queue.get_nowait())
+            continue
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            break
+        try:
+            batch.append(await asyncio.wait_for(queue.get(), remaining))
+        except TimeoutError:
+            break
+    return batch

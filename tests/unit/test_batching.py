@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 from collections.abc import Sequence
 
 import pytest
 
-from stream.core.batching import Failure, padding_cost, plan_batches, score_isolating_failures
+from stream.core.batching import (
+    Failure,
+    collect_batch,
+    padding_cost,
+    plan_batches,
+    score_isolating_failures,
+)
 
 
 def random_lengths(seed: int, count: int, low: int = 3, high: int = 300) -> list[int]:
@@ -219,3 +226,56 @@ def test_isolating_does_not_swallow_keyboard_interrupt() -> None:
 
     with pytest.raises(KeyboardInterrupt):
         score_isolating_failures(["a", "b"], interrupted)
+
+
+def test_collect_batch_takes_a_lone_item_at_once_without_lingering() -> None:
+    async def scenario() -> list[int]:
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        queue.put_nowait(1)
+        asyncio.get_running_loop().call_later(0.05, queue.put_nowait, 2)  # arrives later
+        return await collect_batch(queue, max_size=8, max_wait_s=0)
+
+    assert asyncio.run(scenario()) == [1]
+
+
+def test_collect_batch_takes_what_queued_up_to_the_size_in_order() -> None:
+    async def scenario() -> tuple[list[int], list[int]]:
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for item in range(11):
+            queue.put_nowait(item)
+        first = await collect_batch(queue, max_size=8, max_wait_s=0)
+        second = await collect_batch(queue, max_size=8, max_wait_s=0)
+        return first, second
+
+    first, second = asyncio.run(scenario())
+    assert first == list(range(8))
+    assert second == [8, 9, 10]
+
+
+def test_collect_batch_tops_up_for_at_most_max_wait() -> None:
+    async def scenario() -> list[int]:
+        queue: asyncio.Queue[int] = asyncio.Queue()
+
+        async def trickle() -> None:
+            for item in range(5):
+                await queue.put(item)
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(1.0)
+            await queue.put(99)  # far beyond max_wait: belongs to the next batch
+
+        feeder = asyncio.ensure_future(trickle())
+        batch = await collect_batch(queue, max_size=8, max_wait_s=0.2)
+        assert queue.empty()
+        feeder.cancel()
+        return batch
+
+    assert asyncio.run(scenario()) == [0, 1, 2, 3, 4]
+
+
+def test_collect_batch_waits_for_the_first_item() -> None:
+    async def scenario() -> list[int]:
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        asyncio.get_running_loop().call_later(0.05, queue.put_nowait, 7)
+        return await collect_batch(queue, max_size=8, max_wait_s=0)
+
+    assert asyncio.run(scenario()) == [7]
