@@ -93,6 +93,46 @@ def raw_record(message: FaustMessage) -> RawRecord:
     )
 
 
+STALL_CHECK_S = 5.0
+RESEEK_AFTER_REBALANCE_S = 2.0
+STALL_AFTER_S = 10.0
+
+
+class InputProgress:
+    """What the scoring agent has been handed from each input partition, and when last."""
+
+    def __init__(self) -> None:
+        self._next: dict[Any, int] = {}
+        self._last_delivery = time.monotonic()
+        self.busy = False  # a batch is being scored or published
+        self.queue: asyncio.Queue[Any] | None = None  # events handed over, not yet batched
+
+    def delivered(self, tp: Any, offset: int) -> None:
+        self._next[tp] = max(self._next.get(tp, 0), offset + 1)
+        self._last_delivery = time.monotonic()
+
+    def is_behind(self, tp: Any, highwater: int | None, committed: int | None) -> bool:
+        position = max(self._next.get(tp, 0), committed or 0)
+        return highwater is not None and highwater > position
+
+    def begin_batch(self) -> None:
+        self.busy = True
+
+    def end_batch(self) -> None:
+        self.busy = False
+        self._last_delivery = time.monotonic()
+
+    def stalled_for(self) -> float:
+        """Seconds with nothing delivered while nothing was queued or being scored."""
+        if self.busy or (self.queue is not None and not self.queue.empty()):
+            return 0.0
+        return time.monotonic() - self._last_delivery
+
+    def reset(self) -> None:
+        self._next.clear()
+        self._last_delivery = time.monotonic()
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -218,17 +258,78 @@ def create_app(settings: Settings, classifier: Classifier) -> faust.App:
 
         async def feed() -> None:
             async for event in stream.events():
+                message = event.message
+                progress.delivered(message.tp, message.offset)
                 await queue.put(event)
 
         feeder = asyncio.ensure_future(feed())
+        progress.queue = queue
         try:
             while True:
                 events = await collect_batch(queue, settings.batch_size, max_wait_s)
+                progress.begin_batch()
                 await finish(asyncio.ensure_future(handle(events)))
                 for event in events:
                     await stream.ack(event)
+                progress.end_batch()
         finally:
             feeder.cancel()
+
+    progress = InputProgress()
+
+    @app.timer(interval=STALL_CHECK_S)  # type: ignore[untyped-decorator]
+    async def unstall_input() -> None:
+        """Re-seek the input when it has records but delivers none.
+
+        After a restart Faust can drop records fetched while the input partitions were still
+        paused for table recovery and never fetch them again (seen on the embedded broker; cf.
+        faust-streaming #175, #640). Seeking back to the committed offsets refetches them; what
+        was already delivered and not yet acked is delivered again (at-least-once).
+        """
+        if progress.stalled_for() < STALL_AFTER_S:
+            return
+        consumer = app.consumer
+        inputs = [tp for tp in consumer.assignment() if tp.topic == topics.input_topic]
+        if not inputs:
+            return
+        # Ask the broker: the consumer's own highwater is stale for a partition it stopped
+        # fetching.
+        try:
+            end_offsets = await asyncio.wait_for(consumer.highwaters(*inputs), STALL_CHECK_S)
+        except (TimeoutError, OSError) as exc:
+            log.warning("input stall check: end offsets unavailable (%r)", exc)
+            return
+        committed: dict[Any, int | None] = getattr(consumer, "_committed_offset", {})
+        behind = [
+            tp for tp in inputs if progress.is_behind(tp, end_offsets.get(tp), committed.get(tp))
+        ]
+        if behind:
+            log.warning("input stalled with records waiting on %s: seeking to committed", behind)
+            progress.reset()
+            await reseek_input(behind)
+
+    async def reseek_input(partitions: Sequence[Any]) -> None:
+        """Seek input partitions back to their committed offsets. Only the input: seeking the
+        facts topic or a table changelog would replay older table state."""
+        committed: dict[Any, int | None] = getattr(app.consumer, "_committed_offset", {})
+        for tp in partitions:
+            await app.consumer.seek(tp, committed.get(tp) or 0)
+
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]
+    async def reseek_after_recovery(sender: Any, **_: Any) -> None:
+        """Seek the input once more shortly after a rebalance completes: records fetched while
+        recovery still held the input partitions are dropped by Faust (see unstall_input)."""
+
+        async def later() -> None:
+            await asyncio.sleep(RESEEK_AFTER_REBALANCE_S)
+            inputs = [tp for tp in app.consumer.assignment() if tp.topic == topics.input_topic]
+            log.info("re-seeking the input to committed offsets after the rebalance")
+            await reseek_input(inputs)
+
+        reseeks.add(task := asyncio.ensure_future(later()))
+        task.add_done_callback(reseeks.discard)
+
+    reseeks: set[asyncio.Future[None]] = set()
 
     @app.page("/health")
     class Health(View):

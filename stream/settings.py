@@ -105,7 +105,7 @@ class Settings(BaseSettings):
     window_history: int = Field(default=10, ge=0)
     aggregate_update_interval_s: float = Field(default=1.0, ge=0)
     idle_flush_s: float = Field(default=30, gt=0)
-    partition_idle_s: float = Field(default=5, gt=0)
+    partition_idle_s: float = Field(default=30, gt=0)
     web_port: int = Field(default=6066, ge=0, le=65535)
     web_url: str | None = None
     data_dir: Path = Path(".sentistream-data")

@@ -60,7 +60,7 @@ class WindowPolicy:
     specs: tuple[WindowSpec, ...]
     grace_ms: int = 30_000
     history: int = 10  # closed windows kept per key and kind, for the HTTP read side
-    partition_idle_ms: int = 5_000  # wall time after which a silent input partition is ignored
+    partition_idle_ms: int = 30_000  # wall time after which a silent input partition is ignored
 
     def spec(self, kind: str) -> WindowSpec:
         for spec in self.specs:
@@ -75,7 +75,7 @@ def default_policy(
     hop_s: float = 60,
     grace_s: float = 30,
     history: int = 10,
-    partition_idle_s: float = 5,
+    partition_idle_s: float = 30,
 ) -> WindowPolicy:
     return WindowPolicy(
         specs=(

@@ -8,7 +8,6 @@ from pathlib import Path
 import orjson
 import pytest
 
-from connectors.clients import EMBEDDED_SESSION_TIMEOUT_S
 from connectors.producer import RecordProducer
 from connectors.sink import read_topics
 from stream.settings import KafkaSettings, TopicSettings
@@ -44,8 +43,6 @@ def test_a_crashed_worker_loses_nothing_after_restart(
             break
     assert seen >= 200, first.log_tail()
     first.kill()  # SIGKILL mid-stream: no graceful commit
-    # The replacement joins once the broker dropped the dead member (see test_aggregates.py).
-    time.sleep(EMBEDDED_SESSION_TIMEOUT_S + 1)
 
     second = start_worker(minilm, topics)
     outputs = collect(topics, expected=len(ids), worker=second, distinct=True)
