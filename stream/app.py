@@ -94,7 +94,6 @@ def raw_record(message: FaustMessage) -> RawRecord:
 
 
 STALL_CHECK_S = 5.0
-RESEEK_AFTER_REBALANCE_S = 2.0
 STALL_AFTER_S = 10.0
 
 
@@ -314,22 +313,6 @@ def create_app(settings: Settings, classifier: Classifier) -> faust.App:
         committed: dict[Any, int | None] = getattr(app.consumer, "_committed_offset", {})
         for tp in partitions:
             await app.consumer.seek(tp, committed.get(tp) or 0)
-
-    @app.on_rebalance_complete.connect  # type: ignore[arg-type]
-    async def reseek_after_recovery(sender: Any, **_: Any) -> None:
-        """Seek the input once more shortly after a rebalance completes: records fetched while
-        recovery still held the input partitions are dropped by Faust (see unstall_input)."""
-
-        async def later() -> None:
-            await asyncio.sleep(RESEEK_AFTER_REBALANCE_S)
-            inputs = [tp for tp in app.consumer.assignment() if tp.topic == topics.input_topic]
-            log.info("re-seeking the input to committed offsets after the rebalance")
-            await reseek_input(inputs)
-
-        reseeks.add(task := asyncio.ensure_future(later()))
-        task.add_done_callback(reseeks.discard)
-
-    reseeks: set[asyncio.Future[None]] = set()
 
     @app.page("/health")
     class Health(View):
