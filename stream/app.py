@@ -101,18 +101,19 @@ class InputProgress:
     """What the scoring agent has been handed from each input partition, and when last."""
 
     def __init__(self) -> None:
-        self._next: dict[Any, int] = {}
         self._last_delivery = time.monotonic()
         self.busy = False  # a batch is being scored or published
         self.queue: asyncio.Queue[Any] | None = None  # events handed over, not yet batched
 
-    def delivered(self, tp: Any, offset: int) -> None:
-        self._next[tp] = max(self._next.get(tp, 0), offset + 1)
+    def delivered(self) -> None:
         self._last_delivery = time.monotonic()
 
-    def is_behind(self, tp: Any, highwater: int | None, committed: int | None) -> bool:
-        position = max(self._next.get(tp, 0), committed or 0)
-        return highwater is not None and highwater > position
+    @staticmethod
+    def is_behind(highwater: int | None, committed: int | None) -> bool:
+        """Records wait past the committed offset. Checked only after a quiet spell, when every
+        delivered event was acked and committed: so they were never delivered, or delivered and
+        then lost to Faust's bookkeeping (both seen after a restart here)."""
+        return highwater is not None and highwater > (committed or 0)
 
     def begin_batch(self) -> None:
         self.busy = True
@@ -128,7 +129,6 @@ class InputProgress:
         return time.monotonic() - self._last_delivery
 
     def reset(self) -> None:
-        self._next.clear()
         self._last_delivery = time.monotonic()
 
 
@@ -257,8 +257,7 @@ def create_app(settings: Settings, classifier: Classifier) -> faust.App:
 
         async def feed() -> None:
             async for event in stream.events():
-                message = event.message
-                progress.delivered(message.tp, message.offset)
+                progress.delivered()
                 await queue.put(event)
 
         feeder = asyncio.ensure_future(feed())
@@ -299,9 +298,7 @@ def create_app(settings: Settings, classifier: Classifier) -> faust.App:
             log.warning("input stall check: end offsets unavailable (%r)", exc)
             return
         committed: dict[Any, int | None] = getattr(consumer, "_committed_offset", {})
-        behind = [
-            tp for tp in inputs if progress.is_behind(tp, end_offsets.get(tp), committed.get(tp))
-        ]
+        behind = [tp for tp in inputs if progress.is_behind(end_offsets.get(tp), committed.get(tp))]
         if behind:
             log.warning("input stalled with records waiting on %s: seeking to committed", behind)
             progress.reset()
