@@ -98,7 +98,7 @@ STALL_AFTER_S = 10.0
 
 
 class InputProgress:
-    """What the scoring agent has been handed from each input partition, and when last."""
+    """When the scoring agent was last handed an event, and whether it has work in hand."""
 
     def __init__(self) -> None:
         self._last_delivery = time.monotonic()
@@ -127,9 +127,6 @@ class InputProgress:
         if self.busy or (self.queue is not None and not self.queue.empty()):
             return 0.0
         return time.monotonic() - self._last_delivery
-
-    def reset(self) -> None:
-        self._last_delivery = time.monotonic()
 
 
 def now_ms() -> int:
@@ -301,7 +298,7 @@ def create_app(settings: Settings, classifier: Classifier) -> faust.App:
         behind = [tp for tp in inputs if progress.is_behind(end_offsets.get(tp), committed.get(tp))]
         if behind:
             log.warning("input stalled with records waiting on %s: seeking to committed", behind)
-            progress.reset()
+            progress.delivered()  # restart the quiet-spell clock: give the seek time to work
             await reseek_input(behind)
 
     async def reseek_input(partitions: Sequence[Any]) -> None:
@@ -419,7 +416,7 @@ def wire_aggregates(app: faust.App, settings: Settings) -> faust.TopicT:
         # with the key's facts): its owner re-evaluates stream time and the idle flush.
         tick_every_ms = min(idle_after_ms, policy.partition_idle_ms)
         for key, stored in list(states.items()):
-            if not stored or not KeyState.from_json(stored).has_open_windows():
+            if not stored or not KeyState.stored_has_open_windows(stored):
                 continue
             quiet_for = now - int(stored["last_event_wall_ms"])
             if quiet_for >= tick_every_ms and now - ticks_sent.get(key, 0) >= tick_every_ms:
@@ -464,9 +461,9 @@ def wire_aggregates(app: faust.App, settings: Settings) -> faust.TopicT:
                     "key": key,
                     "window": kind,
                     "late_events": state.late.get(kind, 0),
-                    "stream_time": format_time_ms(state.stream_time_ms)
-                    if state.stream_time_ms
-                    else None,
+                    "stream_time": None
+                    if state.stream_time_ms is None
+                    else format_time_ms(state.stream_time_ms),
                     "current": [_window_view(state, kind, w, policy, final=False) for w in current],
                     "closed": [_window_view(state, kind, w, policy, final=True) for w in closed],
                 }

@@ -222,6 +222,11 @@ class KeyState:
     def has_open_windows(self) -> bool:
         return any(self.open.values())
 
+    @staticmethod
+    def stored_has_open_windows(data: dict[str, Any]) -> bool:
+        """:meth:`has_open_windows` on the stored JSON, without decoding the whole state."""
+        return any(data["open"].values())
+
 
 @dataclass(slots=True)
 class FoldResult:

@@ -864,3 +864,12 @@ def test_a_silent_partition_stops_holding_stream_time_back_after_the_idle_period
     result = fold_event(state, two_partition_fact(BASE + 5 * MINUTE + 1, 0, 2), POLICY, now_ms=idle)
     assert state.stream_time_ms == BASE + 5 * MINUTE + 1
     assert ("tumbling", BASE) in [(kind, w.start_ms) for kind, w in result.closed]
+
+
+def test_stored_state_tells_whether_windows_are_open_without_decoding() -> None:
+    feeder = new_feeder()
+    assert not KeyState.stored_has_open_windows(feeder.state.to_json())
+    feeder.feed(BASE + 1_000)
+    assert KeyState.stored_has_open_windows(feeder.state.to_json())
+    close_idle(feeder.state, POLICY)
+    assert not KeyState.stored_has_open_windows(feeder.state.to_json())
