@@ -66,3 +66,23 @@ def ensure_topics(
                 raise
     log.info("created topics %s", created)
     return created
+
+
+class BrokerUnreachable(RuntimeError):
+    """The brokers did not answer a metadata request; the message is one line."""
+
+
+def topic_names(kafka: KafkaSettings, timeout: float = 10.0) -> set[str]:
+    """The topics the cluster has; raises :class:`BrokerUnreachable` instead of waiting forever.
+
+    librdkafka's own connection errors (one line every few milliseconds) are kept quiet here: the
+    exception says the same once.
+    """
+    admin = AdminClient({**kafka.librdkafka_config(), "log_level": 2})
+    try:
+        return set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise BrokerUnreachable(
+            f"the broker at {kafka.bootstrap_servers} did not answer within {timeout:.0f} s "
+            f"({exc.args[0].str()})"
+        ) from None

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError
 
@@ -32,22 +33,35 @@ def read_topics(
     deadline: float | None = None,
     group_id: str | None = None,
     until: Callable[[], bool] | None = None,
-) -> Iterator[ConsumedRecord]:
-    """Yield records from ``topics`` from the beginning, as they arrive.
+    from_end: bool = False,
+) -> Generator[ConsumedRecord, None, None]:
+    """Yield records from ``topics`` from the beginning (or, ``from_end``, only those that arrive
+    after the partitions were assigned), as they arrive.
 
-    Stops after ``idle_timeout`` seconds without a record, at ``deadline`` (a
-    ``time.monotonic()`` value), or once ``until()`` is true (checked before every poll); the
-    caller may also just stop iterating.
+    Stops after ``idle_timeout`` seconds without a record once partitions are assigned (joining
+    the group can take seconds), at ``deadline`` (a ``time.monotonic()`` value), or once
+    ``until()`` is true (checked before every poll); the caller may also just stop iterating.
     """
-    consumer = Consumer(consumer_config(kafka, group_id or f"sentistream-reader-{uuid.uuid4()}"))
-    consumer.subscribe(list(topics))
-    last_seen = time.monotonic()
+    reset = {"auto.offset.reset": "latest"} if from_end else {}
+    group = group_id or f"sentistream-reader-{uuid.uuid4()}"
+    consumer = Consumer(consumer_config(kafka, group, **reset))
+    last_seen: float | None = None  # None until the first assignment
+
+    def on_assign(_consumer: Consumer, _partitions: list[Any]) -> None:
+        nonlocal last_seen
+        last_seen = time.monotonic()
+
+    consumer.subscribe(list(topics), on_assign=on_assign)
     try:
         while True:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return
-            if idle_timeout is not None and now - last_seen >= idle_timeout:
+            if (
+                idle_timeout is not None
+                and last_seen is not None
+                and now - last_seen >= idle_timeout
+            ):
                 return
             if until is not None and until():
                 return

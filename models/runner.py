@@ -14,13 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from models.backends import BackendError, load_forward, resolve_backend
 from models.labels import normalise_labels
 from stream.core.batching import plan_batches
 from stream.core.records import Label, Prediction, ScoredBatch
+from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
@@ -39,6 +42,22 @@ class RunnerOptions:
     max_batch_size: int = 32
     max_batch_tokens: int = 4096
     torch_threads: int | None = None
+    backend: str = "auto"
+    cache_dir: Path = Path("~/.cache/sentistream")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, model: str | None = None) -> RunnerOptions:
+        """The options the worker runs with; a pinned revision applies only to the configured
+        model, not to another one a command names."""
+        return cls(
+            device=settings.device,
+            revision=settings.model_revision if model in (None, settings.model) else None,
+            max_batch_size=settings.batch_size,
+            max_batch_tokens=settings.batch_max_tokens,
+            torch_threads=settings.torch_threads,
+            backend=settings.backend,
+            cache_dir=settings.model_cache_dir,
+        )
 
 
 class SentimentRunner:
@@ -49,17 +68,29 @@ class SentimentRunner:
         self.options = options
         if options.torch_threads:
             torch.set_num_threads(options.torch_threads)
-        self.device = resolve_device(options.device)
-        self.tokenizer, self.model = _load(model_id, options.revision)
-        if self.device.type == "cuda":
-            self.model = self.model.half()
-        self.model.to(self.device).eval()
-        self.labels: list[Label] = normalise_labels(self.model.config.id2label)
+        try:
+            self.backend = resolve_backend(options.backend, options.device)
+        except BackendError as exc:
+            raise ModelLoadError(str(exc)) from None
+        resolve_device(options.device)  # a CUDA request without CUDA fails here, with the fix
+        self.tokenizer, model = _load(model_id, options.revision)
+        model.eval()
+        self.labels: list[Label] = normalise_labels(model.config.id2label)
         self.max_length = min(
             int(self.tokenizer.model_max_length),
-            int(getattr(self.model.config, "max_position_embeddings", 512)),
+            int(getattr(model.config, "max_position_embeddings", 512)),
         )
-        self._version = options.revision or model_version(model_id, self.model)
+        self._version = options.revision or model_version(model_id, model)
+        self.forward = load_forward(
+            self.backend,
+            model,
+            device=options.device,
+            threads=options.torch_threads,
+            cache_dir=options.cache_dir,
+            input_names=list(self.tokenizer.model_input_names),
+        )
+        self.device = self.forward.device
+        del model  # ONNX backends keep only their session: the torch weights can go
         self.predict(["warm-up"])  # the first forward pass pays one-off allocation costs
 
     @property
@@ -86,16 +117,17 @@ class SentimentRunner:
             max_tokens=max(self.options.max_batch_tokens, self.max_length),
         )
         predictions: list[Prediction | None] = [None] * len(texts)
-        padded_tokens = 0
+        forward_tokens: list[int] = []
+        forward_times: list[float] = []
         for batch in batches:
             features = [{key: encoded[key][i] for key in encoded} for i in batch]
-            inputs = self.tokenizer.pad(features, return_tensors="pt").to(self.device)
-            padded_tokens += int(inputs["input_ids"].numel())
+            inputs = self.tokenizer.pad(features, return_tensors=self.forward.tensor_type)
+            rows, width = inputs["input_ids"].shape
+            forward_tokens.append(int(rows) * int(width))
             forward_started = time.perf_counter()
-            with torch.inference_mode():
-                logits = self.model(**inputs).logits
-            probabilities = torch.softmax(logits.float(), dim=-1).cpu().tolist()
+            probabilities = softmax(self.forward(inputs)).tolist()
             forward_ms = (time.perf_counter() - forward_started) * 1000
+            forward_times.append(forward_ms)
             for row, index in zip(probabilities, batch, strict=True):
                 predictions[index] = self._prediction(
                     row, lengths[index], truncated[index], len(batch), forward_ms
@@ -105,7 +137,10 @@ class SentimentRunner:
             model_ms=(time.perf_counter() - started) * 1000,
             forward_batches=len(batches),
             real_tokens=sum(lengths),
-            padded_tokens=padded_tokens,
+            padded_tokens=sum(forward_tokens),
+            forward_sizes=tuple(len(batch) for batch in batches),
+            forward_tokens=tuple(forward_tokens),
+            forward_ms=tuple(forward_times),
         )
 
     def _prediction(
@@ -130,6 +165,11 @@ class SentimentRunner:
                 full = self.tokenizer(texts[index], truncation=False, verbose=False)["input_ids"]
                 flags[index] = len(full) > self.max_length
         return flags
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return np.asarray(shifted / shifted.sum(axis=-1, keepdims=True))
 
 
 def resolve_device(requested: str) -> torch.device:

@@ -37,9 +37,8 @@ from faust.web import Request, Response, View
 from connectors.admin import aggregate_input_topic
 from connectors.clients import faust_settings
 from stream.core.batching import collect_batch
-from stream.core.cleaning import CleaningRules
 from stream.core.codec import format_time_ms
-from stream.core.pipeline import BatchOutcome, Classifier, OutRecord, PipelineConfig, process_batch
+from stream.core.pipeline import BatchOutcome, Classifier, OutRecord, process_batch
 from stream.core.records import RawRecord
 from stream.core.windows import (
     WINDOW_KINDS,
@@ -56,27 +55,14 @@ from stream.core.windows import (
     fold_event,
     window_record,
 )
-from stream.settings import Settings
+from stream.metrics import CONTENT_TYPE, WorkerMetrics
+from stream.settings import Settings, pipeline_config
 
 log = logging.getLogger(__name__)
 
 # How long a shutdown waits for the batch in flight to be scored and published before giving up.
 SHUTDOWN_GRACE_S = 60.0
 EXIT_UNPUBLISHED = 70
-
-
-def pipeline_config(settings: Settings) -> PipelineConfig:
-    return PipelineConfig(
-        max_message_bytes=settings.max_message_bytes,
-        redact_text=settings.redact_text,
-        cleaning=CleaningRules(
-            mentions=settings.clean_mentions,
-            urls=settings.clean_urls,
-            hashtags=settings.clean_hashtags,
-            html_entities=settings.clean_html,
-            whitespace=settings.clean_whitespace,
-        ),
-    )
 
 
 def raw_record(message: FaustMessage) -> RawRecord:
@@ -212,6 +198,12 @@ def create_app(settings: Settings, classifier: Classifier) -> faust.App:
     )
     facts_topic = wire_aggregates(app, settings)
     config = pipeline_config(settings)
+    metrics = WorkerMetrics(
+        model=classifier.name,
+        version=classifier.version,
+        backend=str(getattr(classifier, "backend", "custom")),
+        device=str(getattr(classifier, "device", "unknown")),
+    )
     # One scorer thread: the model runs off the event loop, so heartbeats and commits go on.
     scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
     max_wait_s = settings.batch_max_wait_ms / 1000
@@ -234,6 +226,7 @@ def create_app(settings: Settings, classifier: Classifier) -> faust.App:
             scorer, process_batch, records, classifier, config, now_ms
         )
         await publish(outcome)
+        metrics.record_batch(records, outcome, now_ms())
         log.debug(
             "batch: %d in, %d events, %d dead letters %s",
             len(records),
@@ -307,6 +300,11 @@ def create_app(settings: Settings, classifier: Classifier) -> faust.App:
         committed: dict[Any, int | None] = getattr(app.consumer, "_committed_offset", {})
         for tp in partitions:
             await app.consumer.seek(tp, committed.get(tp) or 0)
+
+    @app.page("/metrics")
+    class Metrics(View):
+        async def get(self, request: Request) -> Response:
+            return self.bytes(metrics.exposition(), content_type=CONTENT_TYPE)
 
     @app.page("/health")
     class Health(View):

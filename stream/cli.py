@@ -1,18 +1,27 @@
-"""The ``sentistream`` command: worker, broker, produce, demo."""
+"""The ``sentistream`` command: worker, broker, produce, tail, demo, eval."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
+from connectors.files import CsvOptions, FileFormat
 from stream.settings import Settings
 
+if TYPE_CHECKING:
+    from connectors.replay import Transform
+    from stream.core.replay_plan import ReplayRequest
+
 log = logging.getLogger("sentistream")
+Number = TypeVar("Number", int, float)
 
 REDACTED_LIBRARY_LOGGERS = ("faust", "aiokafka", "mode", "kafka")
 
@@ -35,20 +44,17 @@ def cmd_worker(_args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     configure_logging(settings.log_level)
     try:
-        runner = SentimentRunner(
-            settings.model,
-            RunnerOptions(
-                device=settings.device,
-                revision=settings.model_revision,
-                max_batch_size=settings.batch_size,
-                max_batch_tokens=settings.batch_max_tokens,
-                torch_threads=settings.torch_threads,
-            ),
-        )
+        runner = SentimentRunner(settings.model, RunnerOptions.from_settings(settings))
     except ModelLoadError as exc:
         print(f"sentistream: {exc}", file=sys.stderr)
         return 2
-    log.info("model %s (%s) loaded on %s", runner.name, runner.version, runner.device)
+    log.info(
+        "model %s (%s) loaded: backend %s on %s",
+        runner.name,
+        runner.version,
+        runner.backend,
+        runner.device,
+    )
     ensure_topics(
         settings.kafka,
         pipeline_topics(settings.topics, settings.app_id),
@@ -109,24 +115,130 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from connectors.producer import produce_values
+    from connectors.admin import BrokerUnreachable, topic_names
+    from connectors.producer import RAW, ProduceOptions, RecordProducer, produce_file, summary_lines
 
     settings = Settings.from_env()
     configure_logging(settings.log_level)
+    problem = produce_usage_problem(args)
+    if problem is not None:
+        print(f"sentistream produce: {problem}", file=sys.stderr)
+        return 2
+    options = ProduceOptions(
+        fmt=RAW if args.format == RAW else FileFormat(args.format),
+        csv=csv_options(args) if args.format == FileFormat.CSV else None,
+        labels_path=args.labels,
+        id_prefix=args.id_prefix,
+        source=args.source,
+        channel=args.channel,
+        rate=args.rate,
+        limit=args.limit,
+        strict=args.strict,
+    )
     topic = args.topic or settings.topics.input_topic
-    if args.file == "-":
-        lines = [line.rstrip(b"\r\n") for line in sys.stdin.buffer if line.strip()]
-    else:
-        lines = [line for line in Path(args.file).read_bytes().splitlines() if line.strip()]
-    if args.format == "text":
-        import orjson
+    try:
+        topic_names(settings.kafka)  # fail fast, not after the producer's delivery timeout
+    except BrokerUnreachable as exc:
+        print(f"sentistream produce: {exc}", file=sys.stderr)
+        return 1
+    progress = not args.no_progress and sys.stderr.isatty()
+    summary = produce_file(
+        RecordProducer(settings.kafka), topic, args.file, options, progress=progress
+    )
+    if summary.aborted is not None:
+        print(f"sentistream produce: {summary.aborted}", file=sys.stderr)
+    if summary.lines or summary.aborted is None:
+        print("\n".join(summary_lines(summary)))
+    return 0 if summary.ok else 1
 
-        lines = [orjson.dumps({"text": line.decode("utf-8", "replace")}) for line in lines]
-    report = produce_values(settings.kafka, topic, lines)
-    print(f"sent {report.sent} records to {topic}, {report.failed} failed")
-    for error in report.errors[:10]:
-        print(f"  {error}", file=sys.stderr)
-    return 1 if report.failed else 0
+
+CSV_ONLY_DEFAULTS = {
+    "text_column": "text",
+    "id_column": None,
+    "label_column": None,
+    "timestamp_column": None,
+    "source_column": None,
+    "channel_column": None,
+    "delimiter": ",",
+    "no_header": False,
+    "encoding": "utf-8",
+}
+
+
+def produce_usage_problem(args: argparse.Namespace) -> str | None:
+    """Options that mean nothing with the chosen format, said before anything is sent."""
+    if args.format != FileFormat.CSV:
+        for name, default in CSV_ONLY_DEFAULTS.items():
+            if getattr(args, name) != default:
+                return f"--{name.replace('_', '-')} applies to --format csv only"
+    if args.labels is not None and args.format != FileFormat.TWEETEVAL:
+        return "--labels applies to --format tweeteval only"
+    if args.format == "raw" and (args.source or args.channel or args.id_prefix):
+        return "--format raw sends lines untouched: --source, --channel and --id-prefix need jsonl"
+    return None
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from connectors.tail import TailError, TailOptions, tail_topics
+
+    settings = Settings.from_env()
+    configure_logging("warning")
+    if args.from_end and not args.follow:
+        print("sentistream tail: --from-end needs --follow", file=sys.stderr)
+        return 2
+    options = TailOptions(
+        follow=args.follow,
+        from_end=args.from_end,
+        idle_s=args.idle,
+        max_records=args.max,
+        with_meta=args.with_meta,
+    )
+    stopping: list[str] = []
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        stopping.append(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with open_output(args.output) as out:
+            written = tail_topics(
+                settings.kafka, args.topics, out, options, stop=lambda: bool(stopping)
+            )
+    except TailError as exc:
+        print(f"sentistream tail: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # e.g. piped into head: the reader has all it wants
+        # Point stdout at /dev/null so that the flush at interpreter exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print(f"tail: {written} records from {', '.join(args.topics)}", file=sys.stderr)
+    return 0
+
+
+@contextmanager
+def open_output(path: str | None) -> Iterator[BinaryIO]:
+    """The file to append JSON lines to, or stdout's bytes."""
+    if path is None:
+        yield sys.stdout.buffer
+    else:
+        with Path(path).open("ab") as out:
+            yield out
+
+
+def positive(kind: Callable[[str], Number]) -> Callable[[str], Number]:
+    """An argparse type: ``kind`` parsed, and greater than zero."""
+
+    def parse(text: str) -> Number:
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its error message
+    return parse
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -134,6 +246,249 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     configure_logging("warning")
     return run_demo(sample=Path(args.sample), timeout=args.timeout)
+
+
+def add_file_format_arguments(parser: argparse.ArgumentParser) -> None:
+    """How to read a message file: the CSV column mapping, the TweetEval labels file, id prefix."""
+    column = "a header name, or a column index counting from 0"
+    parser.add_argument("--text-column", default="text", help=f"csv: {column} (default: text)")
+    for name in ("id", "label", "timestamp", "source", "channel"):
+        parser.add_argument(f"--{name}-column", default=None, help=f"csv: {column}")
+    parser.add_argument("--delimiter", default=",", help=r"csv: one character, or tab")
+    parser.add_argument("--no-header", action="store_true", help="csv: the first line is data")
+    parser.add_argument("--encoding", default="utf-8", help="csv: the file's encoding")
+    parser.add_argument("--labels", help="tweeteval: the labels file (default: <split>_labels.txt)")
+    parser.add_argument("--id-prefix", help="ids of messages without one: PREFIX:<line>")
+
+
+# --delimiter spellings that a shell makes awkward to pass as the character itself.
+DELIMITER_NAMES = {"\\t": "\t", "tab": "\t", "TAB": "\t"}
+
+
+def csv_options(args: argparse.Namespace) -> CsvOptions:
+    def column(value: str | None) -> str | int | None:
+        return int(value) if value is not None and value.isdecimal() else value
+
+    text_column = column(args.text_column)  # index 0 is falsy: no `or "text"` here
+    return CsvOptions(
+        text_column="text" if text_column is None else text_column,
+        id_column=column(args.id_column),
+        label_column=column(args.label_column),
+        timestamp_column=column(args.timestamp_column),
+        source_column=column(args.source_column),
+        channel_column=column(args.channel_column),
+        delimiter=DELIMITER_NAMES.get(args.delimiter, args.delimiter),
+        has_header=not args.no_header,
+        encoding=args.encoding,
+    )
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from connectors.files import FileFormat, FileFormatError
+    from stream.core.evaluation import LabelMapError, parse_label_map
+    from stream.evaluate import EvalRequest, EvaluationError, default_out_dir, run_evaluation
+    from stream.reports import summary_text, write_reports
+
+    settings = Settings.from_env()
+    configure_logging("warning")
+
+    def progress(line: str) -> None:
+        print(f"eval: {line}", file=sys.stderr, flush=True)
+
+    try:
+        request = EvalRequest(
+            path=args.file,
+            fmt=FileFormat(args.format),
+            csv=csv_options(args),
+            labels_path=args.labels,
+            id_prefix=args.id_prefix,
+            label_map=parse_label_map(args.label_map) if args.label_map else None,
+            keep_neutral=args.neutral == "keep",
+            offline=args.offline,
+            model=args.model,
+            timeout_s=args.timeout,
+        )
+        evaluation = run_evaluation(request, settings, progress=progress)
+        out_dir = Path(args.out) if args.out else default_out_dir(args.file, datetime.now(UTC))
+        files = write_reports(evaluation, out_dir)
+    except (EvaluationError, FileFormatError, LabelMapError) as exc:
+        print(f"sentistream eval: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"sentistream eval: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # the model loader's and the Kafka round trip's own errors
+        from connectors.roundtrip import RoundTripError
+        from models.runner import ModelLoadError
+
+        if not isinstance(exc, ModelLoadError | RoundTripError):
+            raise
+        print(f"sentistream eval: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ModelLoadError) else 1
+    print(summary_text(evaluation, files))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    import threading
+
+    from confluent_kafka import KafkaException
+
+    from connectors.replay import (
+        EXIT_INTERRUPTED,
+        BarsProgress,
+        NoProgress,
+        ProgressDisplay,
+        ReplayError,
+        ReplayOptions,
+        run_replay,
+        stop_on_signals,
+        summary_lines,
+    )
+    from stream.core.replay_plan import ReplaySpecError, ReplayState, check_name
+
+    settings = Settings.from_env()
+    configure_logging("warning")
+    try:
+        request = replay_request(args, settings)
+        options = ReplayOptions(
+            name=check_name(args.name),
+            request=request,
+            chunk_size=args.chunk_size,
+            stop_after=args.stop_after,
+            restart=args.restart,
+        )
+    except ReplaySpecError as exc:
+        print(f"sentistream replay: {exc}", file=sys.stderr)
+        return 1
+
+    def progress(state: ReplayState) -> ProgressDisplay:
+        if args.no_progress or not sys.stderr.isatty():
+            return NoProgress()
+        return BarsProgress(state, request.source)
+
+    stop = threading.Event()
+    try:
+        with stop_on_signals(stop):
+            result = run_replay(
+                settings.kafka,
+                settings.data_dir,
+                options,
+                lambda partitions: replay_transform(request, settings, partitions),
+                stop=stop,
+                progress=progress,
+            )
+    except ReplayError as exc:
+        print(f"sentistream replay: {exc}", file=sys.stderr)
+        return 1
+    except KafkaException as exc:
+        print(f"sentistream replay: Kafka: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            "sentistream replay: stopped at once; the chunk in flight is produced again on resume",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    print("\n".join(summary_lines(result)))
+    return 0 if result.finished else EXIT_INTERRUPTED
+
+
+def replay_request(args: argparse.Namespace, settings: Settings) -> ReplayRequest:
+    """The replay the options ask for; raises ``ReplaySpecError`` (one line)."""
+    from stream.core.replay_plan import (
+        ReplayRequest,
+        ReplaySpecError,
+        TimeRange,
+        parse_offsets,
+        parse_time,
+    )
+
+    if args.to_topic is None:
+        for option, value in (("--model", args.model), ("--deadletter-topic", args.deadletter)):
+            if value is not None:
+                raise ReplaySpecError(f"{option} applies to --to-topic only")
+    elif args.input_topic is not None:
+        raise ReplaySpecError("--input-topic applies to --to-input only")
+    return ReplayRequest(
+        source=args.source or settings.topics.input_topic,
+        mode="topic" if args.to_topic else "input",
+        target=args.to_topic or args.input_topic or settings.topics.input_topic,
+        deadletter=(args.deadletter or f"{args.to_topic}.deadletter") if args.to_topic else None,
+        model=(args.model or settings.model) if args.to_topic else None,
+        time_range=TimeRange(
+            start_ms=parse_time(args.start_time, "--start-time") if args.start_time else None,
+            end_ms=parse_time(args.end_time, "--end-time") if args.end_time else None,
+        ),
+        start_offsets=parse_offsets(args.start_offsets, "--start-offsets")
+        if args.start_offsets
+        else None,
+        end_offsets=parse_offsets(args.end_offsets, "--end-offsets") if args.end_offsets else None,
+    )
+
+
+def replay_transform(request: ReplayRequest, settings: Settings, partitions: int) -> Transform:
+    """Re-feed as-is, or score with the chosen model as the worker does."""
+    from connectors.replay import Backfill, Refeed, ReplayError, now_ms
+    from stream.settings import pipeline_config
+
+    if request.mode == "input":
+        return Refeed(request.target, partitions)
+    from models.runner import ModelLoadError, RunnerOptions, SentimentRunner
+
+    model = request.model or settings.model
+    try:
+        runner = SentimentRunner(model, RunnerOptions.from_settings(settings, model))
+    except ModelLoadError as exc:
+        raise ReplayError(str(exc)) from None
+    assert request.deadletter is not None
+    return Backfill(runner, pipeline_config(settings), request.target, request.deadletter, now_ms)
+
+
+def add_replay_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    replay = commands.add_parser(
+        "replay",
+        help="replay a topic range: re-feed it to the input topic, or score it into a topic",
+        description="Replay a range of a topic, resumably (see README, 'Replay and backfill'). "
+        "Exit code 0: finished; 130: stopped before the end (run the same command to resume); "
+        "1: an error.",
+    )
+    replay.add_argument("--name", required=True, help="names the replay: its progress and group")
+    replay.add_argument("--source", help="topic to read (default: SENTISTREAM_INPUT_TOPIC)")
+    output = replay.add_mutually_exclusive_group(required=True)
+    output.add_argument(
+        "--to-input",
+        action="store_true",
+        help="re-feed the records untouched (key, headers, timestamp) to the input topic",
+    )
+    output.add_argument("--to-topic", metavar="TOPIC", help="score into TOPIC as the worker would")
+    replay.add_argument("--input-topic", help="--to-input: default SENTISTREAM_INPUT_TOPIC")
+    replay.add_argument("--model", help="--to-topic: default SENTISTREAM_MODEL")
+    replay.add_argument(
+        "--deadletter-topic", dest="deadletter", help="--to-topic: default TOPIC.deadletter"
+    )
+    start = replay.add_mutually_exclusive_group()
+    start.add_argument("--start-time", help="ISO-8601 or epoch ms: records at or after it")
+    start.add_argument("--start-offsets", help="per partition, e.g. 0:120,1:95 (default: start)")
+    end = replay.add_mutually_exclusive_group()
+    end.add_argument("--end-time", help="ISO-8601 or epoch ms: records before it")
+    end.add_argument(
+        "--end-offsets", help="per partition, exclusive (default: the end when the replay began)"
+    )
+    replay.add_argument(
+        "--chunk-size",
+        type=positive(int),
+        default=500,
+        help="records per chunk; progress is saved after each acknowledged chunk (default 500)",
+    )
+    replay.add_argument(
+        "--stop-after", type=positive(int), help="stop (as if interrupted) after N records read"
+    )
+    replay.add_argument("--restart", action="store_true", help="discard saved progress first")
+    replay.add_argument("--no-progress", action="store_true", help="no progress bars")
+    replay.set_defaults(handler=cmd_replay)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,11 +507,43 @@ def build_parser() -> argparse.ArgumentParser:
     produce.add_argument("--topic", help="default: SENTISTREAM_INPUT_TOPIC")
     produce.add_argument(
         "--format",
-        choices=["raw", "text"],
-        default="raw",
-        help="raw: each line is sent as-is (JSONL); text: each line is a message text",
+        choices=[*(str(fmt) for fmt in FileFormat), "raw"],
+        default=str(FileFormat.JSONL),
+        help="jsonl (default): input-contract objects, malformed lines skipped; raw: each line's "
+        "bytes as they are (the pipeline dead-letters bad ones); text: one message per line; "
+        "csv, sentiment140, tweeteval, sst2: see the README",
     )
+    add_file_format_arguments(produce)
+    produce.add_argument("--source", help="stamp this source on messages that carry none")
+    produce.add_argument("--channel", help="stamp this channel on messages that carry none")
+    produce.add_argument("--rate", type=positive(float), help="at most N messages per second")
+    produce.add_argument("--limit", type=positive(int), help="send at most N messages")
+    produce.add_argument(
+        "--strict", action="store_true", help="stop at the first malformed line (exit 1)"
+    )
+    produce.add_argument("--no-progress", action="store_true", help="no progress bar")
     produce.set_defaults(handler=cmd_produce)
+
+    tail = commands.add_parser("tail", help="print the records of topics as JSON lines")
+    tail.add_argument("topics", nargs="+", metavar="TOPIC")
+    tail.add_argument("--output", help="append to this file instead of printing")
+    tail.add_argument("--follow", action="store_true", help="keep waiting for new records")
+    start = tail.add_mutually_exclusive_group()
+    start.add_argument("--from-beginning", dest="from_end", action="store_false", help="(default)")
+    start.add_argument(
+        "--from-end", dest="from_end", action="store_true", help="only new records (--follow)"
+    )
+    tail.add_argument(
+        "--idle",
+        type=positive(float),
+        default=2.0,
+        help="without --follow: stop after this many seconds without a record (default 2)",
+    )
+    tail.add_argument("--max", type=positive(int), help="stop after N records")
+    tail.add_argument(
+        "--with-meta", action="store_true", help="wrap each record with topic/partition/offset..."
+    )
+    tail.set_defaults(handler=cmd_tail, from_end=False)
 
     demo = commands.add_parser("demo", help="broker + worker + sample messages, end to end")
     demo.add_argument(
@@ -165,6 +552,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for results")
     demo.set_defaults(handler=cmd_demo)
+
+    evaluate = commands.add_parser(
+        "eval", help="measure the model on a labelled file, offline or through the pipeline"
+    )
+    evaluate.add_argument("file", help="path, or - for stdin")
+    evaluate.add_argument(
+        "--format", required=True, choices=[str(fmt) for fmt in FileFormat], help="file format"
+    )
+    add_file_format_arguments(evaluate)
+    evaluate.add_argument(
+        "--offline",
+        action="store_true",
+        help="score in this process (as the worker would) instead of through the running pipeline",
+    )
+    evaluate.add_argument("--model", help="--offline only: default SENTISTREAM_MODEL")
+    evaluate.add_argument(
+        "--label-map",
+        help="file label -> model label, e.g. 0=NEGATIVE,4=POSITIVE (replaces the format's map)",
+    )
+    evaluate.add_argument(
+        "--neutral",
+        choices=["drop", "keep"],
+        default="drop",
+        help="NEUTRAL gold rows: drop them (default) or keep them as a third class",
+    )
+    evaluate.add_argument("--out", help="report folder (default: eval-<file stem>-<time>)")
+    evaluate.add_argument(
+        "--timeout",
+        type=positive(float),
+        default=300.0,
+        help="live: seconds to wait for the last results after sending (default 300)",
+    )
+    evaluate.set_defaults(handler=cmd_eval)
+    add_replay_parser(commands)
     return parser
 
 

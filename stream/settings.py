@@ -14,6 +14,9 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from stream.core.cleaning import CleaningRules
+from stream.core.pipeline import PipelineConfig
+
 DEFAULT_MODEL = "distilbert-base-uncased-finetuned-sst-2-english"
 
 
@@ -87,6 +90,8 @@ class Settings(BaseSettings):
     model: str = DEFAULT_MODEL
     model_revision: str | None = None
     device: str = "auto"
+    backend: str = "auto"
+    model_cache_dir: Path = Path("~/.cache/sentistream")
     torch_threads: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=32, ge=1)
     batch_max_wait_ms: int = Field(default=0, ge=0)
@@ -121,3 +126,18 @@ class Settings(BaseSettings):
 
 def _reveal(secret: SecretStr | None) -> str | None:
     return secret.get_secret_value() if secret is not None else None
+
+
+def pipeline_config(settings: Settings) -> PipelineConfig:
+    """The batch pipeline's options (size limit, redaction, cleaning rules) from the settings."""
+    return PipelineConfig(
+        max_message_bytes=settings.max_message_bytes,
+        redact_text=settings.redact_text,
+        cleaning=CleaningRules(
+            mentions=settings.clean_mentions,
+            urls=settings.clean_urls,
+            hashtags=settings.clean_hashtags,
+            html_entities=settings.clean_html,
+            whitespace=settings.clean_whitespace,
+        ),
+    )

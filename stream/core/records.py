@@ -61,6 +61,10 @@ class ScoredBatch:
     forward_batches: int = 1
     real_tokens: int = 0
     padded_tokens: int = 0
+    # One entry per forward pass: how many texts it held, its padded tokens, its wall time.
+    forward_sizes: tuple[int, ...] = ()
+    forward_tokens: tuple[int, ...] = ()
+    forward_ms: tuple[float, ...] = ()
 
     @property
     def padding_efficiency(self) -> float:

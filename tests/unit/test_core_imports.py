@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-HEAVY = ("faust", "confluent_kafka", "torch", "transformers", "prometheus_client", "aiokafka")
+HEAVY = (
+    "faust",
+    "confluent_kafka",
+    "torch",
+    "transformers",
+    "prometheus_client",
+    "aiokafka",
+    "matplotlib",  # only stream.reports draws, and imports it lazily
+)
 
 # Imports the given modules (after discovering stream.core's), then prints which heavy packages
 # (or any of their submodules) ended up in sys.modules.
@@ -68,6 +76,10 @@ def test_stream_core_imports_no_kafka_faust_model_or_metrics_package() -> None:
     }
     assert expected <= set(found["imported"]), "module discovery found every core module"
     assert found["loaded"] == []
+
+
+def test_stream_reports_imports_matplotlib_only_to_draw() -> None:
+    assert "matplotlib" not in {name.split(".")[0] for name in probe("stream.reports")["loaded"]}
 
 
 def test_models_labels_does_not_import_torch() -> None:

@@ -1,4 +1,7 @@
-"""models.runner with the real small checkpoint: tokenizer, labels, batching and truncation."""
+"""models.runner, real small checkpoint, torch fp32: tokenizer, labels, batching, truncation.
+
+Backends other than torch fp32 are compared with it in test_backends.py.
+"""
 
 from __future__ import annotations
 
@@ -26,13 +29,15 @@ def require_model() -> Path:
 
 @pytest.fixture(scope="module")
 def runner() -> SentimentRunner:
-    return SentimentRunner(str(require_model()), RunnerOptions(device="cpu"))
+    return SentimentRunner(str(require_model()), RunnerOptions(device="cpu", backend="torch-fp32"))
 
 
 @pytest.fixture(scope="module")
 def small_batch_runner() -> SentimentRunner:
     """A second load of the same checkpoint, with at most 4 texts per forward pass."""
-    return SentimentRunner(str(require_model()), RunnerOptions(device="cpu", max_batch_size=4))
+    return SentimentRunner(
+        str(require_model()), RunnerOptions(device="cpu", backend="torch-fp32", max_batch_size=4)
+    )
 
 
 def varied_texts(count: int = 20, seed: int = 7) -> list[str]:
@@ -204,7 +209,7 @@ def test_batch_size_field_reflects_the_shared_forward_pass(runner: SentimentRunn
 def test_missing_local_model_names_the_path_and_the_setting(tmp_path: Path, name: str) -> None:
     missing = tmp_path / name
     with pytest.raises(ModelLoadError) as caught:
-        SentimentRunner(str(missing), RunnerOptions(device="cpu"))
+        SentimentRunner(str(missing), RunnerOptions(device="cpu", backend="torch-fp32"))
     message = str(caught.value)
     assert str(missing) in message
     assert "SENTISTREAM_MODEL" in message
@@ -212,7 +217,7 @@ def test_missing_local_model_names_the_path_and_the_setting(tmp_path: Path, name
 
 def test_local_directory_without_a_checkpoint_is_a_model_load_error(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="SENTISTREAM_MODEL"):
-        SentimentRunner(str(tmp_path), RunnerOptions(device="cpu"))
+        SentimentRunner(str(tmp_path), RunnerOptions(device="cpu", backend="torch-fp32"))
 
 
 def test_model_version_is_a_stable_weights_hash(

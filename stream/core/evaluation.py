@@ -1,0 +1,228 @@
+"""Evaluation: how well the model's labels match the reference labels of a labelled file.
+
+labelled file -> **map gold labels** (an explicit label map) -> score (offline or through the
+pipeline) -> **confusion matrix, precision/recall/F1, precision-recall curve, average precision**.
+
+Plain Python on lists (a few thousand rows at most, so no numpy). Conventions, as scikit-learn's:
+
+* The confusion matrix has gold labels as rows and predicted labels as columns.
+* A ratio whose denominator is 0 is 0.0: precision of a class never predicted, recall of a class
+  with no gold rows, F1 when precision and recall are both 0.
+* Macro precision/recall/F1 are the unweighted means of the per-class values over the evaluated
+  classes (a label only ever predicted, such as NEUTRAL from a 3-class model evaluated on
+  positive/negative gold, is a column of the matrix but not a class of the macro mean).
+* The precision-recall curve has one point per distinct score (tied scores form one threshold, so
+  the order of tied rows never matters); average precision is sum((R_k - R_k-1) * P_k) over those
+  points, the step-wise area without interpolation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from stream.core.records import LABELS, Label
+
+# Row/column order of every matrix and table: the sentiment scale, low to high.
+LABEL_ORDER: tuple[Label, ...] = ("NEGATIVE", "NEUTRAL", "POSITIVE")
+
+
+class LabelMapError(ValueError):
+    """A ``--label-map`` specification that cannot be read; the message says what is wrong."""
+
+
+class Excluded(StrEnum):
+    """Why a labelled row is left out of the evaluation."""
+
+    UNMAPPED = "unmapped"  # no label, or a label the map does not know
+    NEUTRAL = "neutral"  # a NEUTRAL gold label while neutral rows are dropped
+
+
+def parse_label_map(spec: str) -> dict[str, Label]:
+    """``"0=NEGATIVE,4=POSITIVE"`` -> ``{"0": "NEGATIVE", "4": "POSITIVE"}``.
+
+    Targets are the model labels (any case); raises :class:`LabelMapError`.
+    """
+    label_map: dict[str, Label] = {}
+    for item in spec.split(","):
+        if not item.strip():
+            continue
+        raw, separator, target = item.partition("=")
+        raw, target = raw.strip(), target.strip().upper()
+        if not separator or not raw:
+            raise LabelMapError(f"label map entry {item.strip()!r} is not FILE_LABEL=MODEL_LABEL")
+        label = _as_label(target)
+        if label is None:
+            raise LabelMapError(
+                f"label map entry {item.strip()!r}: {target!r} is not one of {', '.join(LABELS)}"
+            )
+        if raw in label_map and label_map[raw] != label:
+            raise LabelMapError(f"label map gives {raw!r} two labels")
+        label_map[raw] = label
+    if not label_map:
+        raise LabelMapError("the label map is empty; e.g. --label-map 0=NEGATIVE,4=POSITIVE")
+    return label_map
+
+
+def _as_label(name: str) -> Label | None:
+    for label in LABELS:
+        if name == label:
+            return label
+    return None
+
+
+def map_gold_label(
+    raw: object, label_map: Mapping[str, Label], *, keep_neutral: bool
+) -> Label | Excluded:
+    """The model label a file's label stands for, or why the row is excluded.
+
+    The file's label is matched as a string (``4`` and ``"4"`` alike), exactly first, then ignoring
+    case (``"Positive"`` finds a ``positive`` entry).
+    """
+    if isinstance(raw, bool) or not isinstance(raw, str | int):
+        return Excluded.UNMAPPED
+    key = str(raw).strip()
+    label = label_map.get(key)
+    if label is None:
+        folded = key.casefold()
+        label = next((v for k, v in label_map.items() if k.casefold() == folded), None)
+    if label is None:
+        return Excluded.UNMAPPED
+    if label == "NEUTRAL" and not keep_neutral:
+        return Excluded.NEUTRAL
+    return label
+
+
+def evaluated_classes(label_map: Mapping[str, Label], *, keep_neutral: bool) -> list[Label]:
+    """The classes gold labels can take: the map's targets, NEUTRAL only when kept."""
+    targets = set(label_map.values())
+    return [
+        label for label in LABEL_ORDER if label in targets and (keep_neutral or label != "NEUTRAL")
+    ]
+
+
+def ordered(labels: Sequence[str]) -> list[str]:
+    """``labels`` without repeats, in :data:`LABEL_ORDER`; anything else last, sorted."""
+    distinct = set(labels)
+    known = [label for label in LABEL_ORDER if label in distinct]
+    return known + sorted(distinct - set(LABEL_ORDER))
+
+
+def confusion_matrix(
+    gold: Sequence[str], predicted: Sequence[str], labels: Sequence[str]
+) -> list[list[int]]:
+    """``matrix[i][j]``: rows whose gold label is ``labels[i]`` and prediction ``labels[j]``.
+
+    Raises ``ValueError`` if the sequences differ in length or hold a label not in ``labels``.
+    """
+    if len(gold) != len(predicted):
+        raise ValueError(f"{len(gold)} gold labels but {len(predicted)} predictions")
+    index = {label: position for position, label in enumerate(labels)}
+    matrix = [[0] * len(labels) for _ in labels]
+    for truth, guess in zip(gold, predicted, strict=True):
+        if truth not in index or guess not in index:
+            missing = truth if truth not in index else guess
+            raise ValueError(f"label {missing!r} is not in {list(labels)}")
+        matrix[index[truth]][index[guess]] += 1
+    return matrix
+
+
+@dataclass(frozen=True, slots=True)
+class ClassScores:
+    label: str
+    precision: float
+    recall: float
+    f1: float
+    support: int  # gold rows of this class
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    n: int
+    accuracy: float
+    classes: list[ClassScores]  # the evaluated classes, in label order
+    macro_precision: float
+    macro_recall: float
+    macro_f1: float
+    labels: list[str]  # row and column order of ``confusion``
+    confusion: list[list[int]]  # rows gold, columns predicted
+
+
+def classification_metrics(
+    gold: Sequence[str], predicted: Sequence[str], classes: Sequence[str]
+) -> Metrics:
+    """Accuracy, per-class and macro precision/recall/F1 over ``classes``, and the confusion
+    matrix (``classes`` plus any other label that was predicted or is gold)."""
+    labels = ordered([*classes, *gold, *predicted])
+    matrix = confusion_matrix(gold, predicted, labels)
+    n = len(gold)
+    correct = sum(matrix[i][i] for i in range(len(labels)))
+    scores = []
+    for label in ordered(list(classes)):
+        i = labels.index(label)
+        true_positives = matrix[i][i]
+        predicted_as = sum(row[i] for row in matrix)
+        support = sum(matrix[i])
+        precision = _ratio(true_positives, predicted_as)
+        recall = _ratio(true_positives, support)
+        f1 = _ratio(2 * precision * recall, precision + recall)
+        scores.append(ClassScores(label, precision, recall, f1, support))
+    return Metrics(
+        n=n,
+        accuracy=_ratio(correct, n),
+        classes=scores,
+        macro_precision=_mean([s.precision for s in scores]),
+        macro_recall=_mean([s.recall for s in scores]),
+        macro_f1=_mean([s.f1 for s in scores]),
+        labels=labels,
+        confusion=matrix,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CurvePoint:
+    """Predicting positive for every score >= ``threshold`` gives this precision and recall."""
+
+    threshold: float
+    precision: float
+    recall: float
+
+
+def precision_recall_curve(scores: Sequence[float], positive: Sequence[bool]) -> list[CurvePoint]:
+    """One point per distinct score, highest threshold first; empty when nothing is positive."""
+    if len(scores) != len(positive):
+        raise ValueError(f"{len(scores)} scores but {len(positive)} gold flags")
+    total_positive = sum(positive)
+    if not total_positive:
+        return []
+    ranked = sorted(zip(scores, positive, strict=True), key=lambda pair: -pair[0])
+    points = []
+    true_positives = 0
+    for taken, (score, is_positive) in enumerate(ranked, start=1):
+        true_positives += is_positive
+        next_score = ranked[taken][0] if taken < len(ranked) else None
+        if next_score != score:  # the last row of a group of tied scores
+            precision, recall = true_positives / taken, true_positives / total_positive
+            points.append(CurvePoint(score, precision, recall))
+    return points
+
+
+def average_precision(scores: Sequence[float], positive: Sequence[bool]) -> float | None:
+    """Step-wise area under the precision-recall curve; ``None`` when nothing is positive."""
+    points = precision_recall_curve(scores, positive)
+    if not points:
+        return None
+    area = previous_recall = 0.0
+    for point in points:
+        area += (point.recall - previous_recall) * point.precision
+        previous_recall = point.recall
+    return area
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else 0.0
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 0.0

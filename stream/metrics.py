@@ -1,0 +1,152 @@
+"""Prometheus metrics of one worker, served at ``/metrics`` on its HTTP port.
+
+Counted after a batch's outputs were acknowledged by the broker, so the counters say what was
+published, not what was attempted. Names follow Prometheus conventions (``_total``, ``_seconds``).
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from collections.abc import Iterable, Sequence
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from stream.core.pipeline import BatchOutcome
+from stream.core.records import RawRecord
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Batch sizes up to the largest sensible SENTISTREAM_BATCH_SIZE; latencies from 1 ms to 1 min.
+SIZE_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256)
+TOKEN_BUCKETS = (16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
+    10.0, 30.0, 60.0,
+)  # fmt: skip
+
+
+class PeakMemoryCollector(Collector):
+    """Peak resident set size of this process (``ru_maxrss``), which the process collector lacks."""
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak_bytes = peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
+        yield GaugeMetricFamily(
+            "sentistream_process_peak_resident_memory_bytes",
+            "Peak resident memory of the worker process.",
+            value=float(peak_bytes),
+        )
+
+
+class WorkerMetrics:
+    """The worker's counters and histograms, in a registry of their own."""
+
+    def __init__(self, *, model: str, version: str, backend: str, device: str) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        ProcessCollector(registry=registry)  # process_resident_memory_bytes, cpu seconds, fds
+        PlatformCollector(registry=registry)
+        registry.register(PeakMemoryCollector())
+        Gauge(
+            "sentistream_model_info",
+            "The model this worker scores with (value is always 1).",
+            ["model", "version", "backend", "device"],
+            registry=registry,
+        ).labels(model, version, backend, device).set(1)
+        self.messages_in = Counter(
+            "sentistream_messages_in", "Input records taken from Kafka.", registry=registry
+        )
+        self.events_out = Counter(
+            "sentistream_events_out", "Enriched events published.", registry=registry
+        )
+        self.dead_letters = Counter(
+            "sentistream_dead_letters",
+            "Records published to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.take_size = Histogram(
+            "sentistream_take_size",
+            "Records taken from the queue per scoring round (adaptive: grows with load).",
+            buckets=SIZE_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "sentistream_batch_size",
+            "Texts per model forward pass.",
+            buckets=SIZE_BUCKETS,
+            registry=registry,
+        )
+        self.batch_tokens = Histogram(
+            "sentistream_batch_tokens",
+            "Padded tokens per model forward pass.",
+            buckets=TOKEN_BUCKETS,
+            registry=registry,
+        )
+        self.real_tokens = Counter(
+            "sentistream_real_tokens", "Tokens of the texts scored.", registry=registry
+        )
+        self.padded_tokens = Counter(
+            "sentistream_padded_tokens",
+            "Tokens fed to the model including padding.",
+            registry=registry,
+        )
+        self.padding_efficiency = Gauge(
+            "sentistream_padding_efficiency",
+            "Real / padded tokens since start (1.0 = no padding wasted).",
+            registry=registry,
+        )
+        self.model_latency = Histogram(
+            "sentistream_model_latency_seconds",
+            "Wall time of one model forward pass.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.end_to_end_latency = Histogram(
+            "sentistream_end_to_end_latency_seconds",
+            "From the input record's Kafka timestamp to its output being acknowledged.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._real = 0
+        self._padded = 0
+
+    def record_batch(
+        self, records: Sequence[RawRecord], outcome: BatchOutcome, published_ms: int
+    ) -> None:
+        """Count one published batch: what came in, what went out, how the model was used."""
+        self.messages_in.inc(len(records))
+        self.take_size.observe(len(records))
+        self.events_out.inc(len(outcome.events))
+        for reason, count in outcome.reasons.items():
+            self.dead_letters.labels(reason).inc(count)
+        for scored in outcome.scored_batches:
+            for size, tokens, ms in zip(
+                scored.forward_sizes, scored.forward_tokens, scored.forward_ms, strict=True
+            ):
+                self.batch_size.observe(size)
+                self.batch_tokens.observe(tokens)
+                self.model_latency.observe(ms / 1000)
+            self.real_tokens.inc(scored.real_tokens)
+            self.padded_tokens.inc(scored.padded_tokens)
+            self._real += scored.real_tokens
+            self._padded += scored.padded_tokens
+        if self._padded:
+            self.padding_efficiency.set(self._real / self._padded)
+        for record in records:
+            if record.timestamp_ms is not None and record.timestamp_ms > 0:
+                self.end_to_end_latency.observe(max(0, published_ms - record.timestamp_ms) / 1000)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
