@@ -16,6 +16,10 @@ from stream.settings import KafkaSettings
 # The embedded broker holds each group join for half the session timeout: keep it short.
 EMBEDDED_SESSION_TIMEOUT_S = 6.0
 EMBEDDED_HEARTBEAT_INTERVAL_S = 1.0
+# The embedded broker answers a fetch only when its max wait ends, not when a record arrives, and
+# Faust hard-codes aiokafka's fetch_max_wait_ms=1500: on that broker a lone message waited ~0.7 s
+# before the worker saw it. Real Kafka returns the fetch as soon as data is there.
+EMBEDDED_FETCH_MAX_WAIT_MS = 20
 
 
 def producer_config(kafka: KafkaSettings, **extra: Any) -> dict[str, Any]:
@@ -66,6 +70,27 @@ def faust_settings(kafka: KafkaSettings) -> dict[str, Any]:
             producer_linger=0.0,
         )
     return settings
+
+
+def shorten_faust_fetch_wait(max_wait_ms: int) -> None:
+    """Make Faust's worker consumer wait at most ``max_wait_ms`` per fetch (it hard-codes 1500).
+
+    Faust offers no setting for this, so its consumer factory is wrapped; the worker process runs
+    one app, so the change is process-wide by design. Used only for the embedded broker.
+    """
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    create = AIOKafkaConsumerThread._create_worker_consumer
+    if getattr(create, "fetch_wait_ms", None) == max_wait_ms:
+        return
+
+    def create_with_short_wait(self: Any, transport: Any) -> Any:
+        consumer = create(self, transport)
+        consumer._fetch_max_wait_ms = max_wait_ms  # read by aiokafka when it starts its Fetcher
+        return consumer
+
+    create_with_short_wait.fetch_wait_ms = max_wait_ms  # type: ignore[attr-defined]
+    AIOKafkaConsumerThread._create_worker_consumer = create_with_short_wait  # type: ignore[method-assign]
 
 
 def _ssl_context(kafka: KafkaSettings) -> ssl.SSLContext:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,7 +23,9 @@ from models.backends import BackendError, load_forward, resolve_backend
 from models.labels import normalise_labels
 from stream.core.batching import plan_batches
 from stream.core.records import Label, Prediction, ScoredBatch
-from stream.settings import Settings
+
+if TYPE_CHECKING:
+    from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]

@@ -35,7 +35,11 @@ from faust.types import Message as FaustMessage
 from faust.web import Request, Response, View
 
 from connectors.admin import aggregate_input_topic
-from connectors.clients import faust_settings
+from connectors.clients import (
+    EMBEDDED_FETCH_MAX_WAIT_MS,
+    faust_settings,
+    shorten_faust_fetch_wait,
+)
 from stream.core.batching import collect_batch
 from stream.core.codec import format_time_ms
 from stream.core.pipeline import BatchOutcome, Classifier, OutRecord, process_batch
@@ -88,7 +92,7 @@ class InputProgress:
 
     def __init__(self) -> None:
         self._last_delivery = time.monotonic()
-        self.busy = False  # a batch is being scored or published
+        self.in_flight = 0  # takes being scored or published (scoring overlaps publishing)
         self.queue: asyncio.Queue[Any] | None = None  # events handed over, not yet batched
 
     def delivered(self) -> None:
@@ -102,15 +106,15 @@ class InputProgress:
         return highwater is not None and highwater > (committed or 0)
 
     def begin_batch(self) -> None:
-        self.busy = True
+        self.in_flight += 1
 
     def end_batch(self) -> None:
-        self.busy = False
+        self.in_flight -= 1
         self._last_delivery = time.monotonic()
 
     def stalled_for(self) -> float:
         """Seconds with nothing delivered while nothing was queued or being scored."""
-        if self.busy or (self.queue is not None and not self.queue.empty()):
+        if self.in_flight or (self.queue is not None and not self.queue.empty()):
             return 0.0
         return time.monotonic() - self._last_delivery
 
@@ -131,8 +135,9 @@ def window_policy(settings: Settings) -> WindowPolicy:
 
 
 def aggregate_facts(outcome: BatchOutcome, input_partitions: int) -> list[OutRecord]:
-    """One fact per scored event and aggregate key, keyed by that aggregate key."""
-    facts: list[OutRecord] = []
+    """The batch's facts, one record per aggregate key (keyed by it) listing that key's facts in
+    input order: a few records per batch rather than three per event."""
+    facts: dict[str, list[dict[str, Any]]] = {}
     for event in outcome.events:
         message, prediction = event.message, event.prediction
         payload = event.payload
@@ -146,8 +151,11 @@ def aggregate_facts(outcome: BatchOutcome, input_partitions: int) -> list[OutRec
                 "n": event.offset,
                 "p": input_partitions,
             }
-            facts.append(OutRecord(key=fact_key(key), value=orjson.dumps(value)))
-    return facts
+            facts.setdefault(key, []).append(value)
+    return [
+        OutRecord(key=fact_key(key), value=orjson.dumps({"facts": values}))
+        for key, values in facts.items()
+    ]
 
 
 def fact_key(key: str) -> bytes:
@@ -183,6 +191,8 @@ def create_app(settings: Settings, classifier: Classifier) -> faust.App:
         topic_replication_factor=settings.topics.replication_factor,
         **faust_settings(settings.kafka),
     )
+    if settings.kafka.embedded:
+        shorten_faust_fetch_wait(EMBEDDED_FETCH_MAX_WAIT_MS)
     topics = settings.topics
     input_topic = app.topic(
         topics.input_topic,
@@ -219,14 +229,7 @@ def create_app(settings: Settings, classifier: Classifier) -> faust.App:
             pending.append(await _send(facts_topic, record))
         await asyncio.gather(*pending)
 
-    async def handle(events: Sequence[EventT[bytes]]) -> None:
-        records = [raw_record(event.message) for event in events]
-        loop = asyncio.get_running_loop()
-        outcome = await loop.run_in_executor(
-            scorer, process_batch, records, classifier, config, now_ms
-        )
-        await publish(outcome)
-        metrics.record_batch(records, outcome, now_ms())
+    def log_batch(records: Sequence[RawRecord], outcome: BatchOutcome) -> None:
         log.debug(
             "batch: %d in, %d events, %d dead letters %s",
             len(records),
@@ -240,28 +243,51 @@ def create_app(settings: Settings, classifier: Classifier) -> faust.App:
         # Our own batching rather than Faust's take_events, whose buffer hand-off can stall
         # (faust-streaming #175, #640; seen here after a worker restart). A feeder task queues
         # events; each batch is what queued while the previous one was scored (a lone message is
-        # scored at once), topped up for at most SENTISTREAM_BATCH_MAX_WAIT_MS. Events are acked
+        # scored at once), at most SENTISTREAM_BATCH_TAKE of them, which the runner sorts by length
+        # into forward passes of at most SENTISTREAM_BATCH_SIZE (so under load batches fill and
+        # pad little), topped up for at most SENTISTREAM_BATCH_MAX_WAIT_MS. Events are acked
         # only after their results were published: a shutdown or crash before that re-reads them.
         stream.enable_acks = False
-        queue: asyncio.Queue[EventT[bytes]] = asyncio.Queue(maxsize=4 * settings.batch_size)
+        take = max(settings.batch_take, settings.batch_size)
+        queue: asyncio.Queue[EventT[bytes]] = asyncio.Queue(maxsize=2 * take)
 
         async def feed() -> None:
             async for event in stream.events():
                 progress.delivered()
                 await queue.put(event)
 
+        async def publish_then_ack(
+            events: Sequence[EventT[bytes]], records: Sequence[RawRecord], outcome: BatchOutcome
+        ) -> None:
+            await publish(outcome)
+            metrics.record_batch(records, outcome, now_ms())
+            log_batch(records, outcome)
+            for event in events:
+                await stream.ack(event)
+            progress.end_batch()
+
         feeder = asyncio.ensure_future(feed())
         progress.queue = queue
+        loop = asyncio.get_running_loop()
+        publishing: asyncio.Future[None] | None = None
         try:
             while True:
-                events = await collect_batch(queue, settings.batch_size, max_wait_s)
+                events = await collect_batch(queue, take, max_wait_s)
                 progress.begin_batch()
-                await finish(asyncio.ensure_future(handle(events)))
-                for event in events:
-                    await stream.ack(event)
-                progress.end_batch()
+                records = [raw_record(event.message) for event in events]
+                # Scoring this take overlaps publishing the previous one (at most one of each in
+                # flight; takes are published and acked in the order they were read).
+                outcome = await loop.run_in_executor(
+                    scorer, process_batch, records, classifier, config, now_ms
+                )
+                if publishing is not None:
+                    await finish(publishing)
+                publishing = asyncio.ensure_future(publish_then_ack(events, records, outcome))
+                publishing.add_done_callback(_exit_if_failed)
         finally:
             feeder.cancel()
+            if publishing is not None:
+                await finish(publishing)
 
     progress = InputProgress()
 
@@ -376,27 +402,34 @@ def wire_aggregates(app: faust.App, settings: Settings) -> faust.TopicT:
                     closed += close_idle(state, policy)
                 if not closed:
                     continue
-                updated: list[tuple[str, WindowCounts]] = []
+                await publish_windows(key, state, closed, [], now)
             else:
-                result = fold_event(state, fact_from(key, value), policy, now)
-                if result.duplicate:
-                    continue
-                closed, updated = result.closed, result.updated
-            closed_ids = [(key, kind, w.start_ms) for kind, w in closed]
-            throttle.forget(closed_ids)
-            due_now = [
-                (kind, w) for kind, w in updated if throttle.offer((key, kind, w.start_ms), now)
-            ]
-            # Finals are published and acknowledged before the state that closed them is saved:
-            # a crash in between re-closes the window and publishes the same final again.
-            pending = [
-                await _send(aggregates_topic, record)
-                for record in records_for(state, closed, final=True)
-            ]
-            await asyncio.gather(*pending)
-            for record in records_for(state, due_now, final=False):
-                await _send(aggregates_topic, record)
+                # A record lists a batch's facts for this key (a bare fact: older workers).
+                for fact in value.get("facts", [value]):
+                    result = fold_event(state, fact_from(key, fact), policy, now)
+                    if not result.duplicate:
+                        await publish_windows(key, state, result.closed, result.updated, now)
             states[key] = state.to_json()
+
+    async def publish_windows(
+        key: str,
+        state: KeyState,
+        closed: Sequence[tuple[str, WindowCounts]],
+        updated: Sequence[tuple[str, WindowCounts]],
+        now: int,
+    ) -> None:
+        closed_ids = [(key, kind, w.start_ms) for kind, w in closed]
+        throttle.forget(closed_ids)
+        due_now = [(kind, w) for kind, w in updated if throttle.offer((key, kind, w.start_ms), now)]
+        # Finals are published and acknowledged before the state that closed them is saved:
+        # a crash in between re-closes the window and publishes the same final again.
+        pending = [
+            await _send(aggregates_topic, record)
+            for record in records_for(state, closed, final=True)
+        ]
+        await asyncio.gather(*pending)
+        for record in records_for(state, due_now, final=False):
+            await _send(aggregates_topic, record)
 
     @app.timer(interval=max(settings.aggregate_update_interval_s, 0.1))  # type: ignore[untyped-decorator]
     async def publish_held_updates() -> None:
@@ -491,6 +524,11 @@ async def finish(work: asyncio.Future[None]) -> None:
         raise
     except Exception as exc:  # noqa: BLE001
         _exit_unpublished(exc)
+
+
+def _exit_if_failed(work: asyncio.Future[None]) -> None:
+    if not work.cancelled() and work.exception() is not None:
+        _exit_unpublished(work.exception())  # type: ignore[arg-type]
 
 
 def _exit_unpublished(exc: BaseException) -> None:

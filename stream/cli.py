@@ -241,6 +241,34 @@ def positive(kind: Callable[[str], Number]) -> Callable[[str], Number]:
     return parse
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from bench.run import CPU_BACKENDS, BenchOptions, render, run_bench, write_json
+
+    configure_logging("warning")
+    backends = args.backends.split(",") if args.backends else list(CPU_BACKENDS)
+    if args.gpu:
+        backends.append("cuda-fp16")
+    options = BenchOptions(
+        messages=args.messages,
+        naive_messages=min(args.naive_messages, args.messages),
+        half_rate_seconds=args.half_rate_seconds,
+        backends=backends,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        seed=args.seed,
+        skip_accuracy=args.skip_accuracy,
+        workdir=Path(args.workdir) if args.workdir else None,
+    )
+    report = run_bench(options, say=lambda line: print(line, file=sys.stderr, flush=True))
+    table = render(report)
+    print(table)
+    write_json(report, Path(args.json))
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n", encoding="utf-8")
+    print(f"\nJSON: {args.json}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from stream.demo import run_demo
 
@@ -544,6 +572,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--with-meta", action="store_true", help="wrap each record with topic/partition/offset..."
     )
     tail.set_defaults(handler=cmd_tail, from_end=False)
+
+    bench = commands.add_parser(
+        "bench",
+        help="throughput and latency: naive baseline, runner offline, worker end to end",
+    )
+    bench.add_argument("--messages", type=int, default=1000, help="size of the message mix")
+    bench.add_argument("--naive-messages", type=int, default=200, help="for the naive baseline")
+    bench.add_argument("--half-rate-seconds", type=float, default=20.0)
+    bench.add_argument("--backends", help="comma-separated (default: every CPU backend)")
+    bench.add_argument("--gpu", action="store_true", help="also run cuda-fp16")
+    bench.add_argument("--batch-size", type=int, default=16)
+    bench.add_argument("--threads", type=int, default=2, help="model threads (default 2)")
+    bench.add_argument("--seed", type=int, default=42)
+    bench.add_argument("--skip-accuracy", action="store_true")
+    bench.add_argument("--workdir", help="keep models, caches and logs here (default: a temp dir)")
+    bench.add_argument("--json", default="bench-results.json", help="where to write the JSON")
+    bench.add_argument("--markdown", help="also write the table to this file")
+    bench.set_defaults(handler=cmd_bench)
 
     demo = commands.add_parser("demo", help="broker + worker + sample messages, end to end")
     demo.add_argument(

@@ -25,7 +25,8 @@ from prometheus_client.registry import Collector
 from stream.core.pipeline import BatchOutcome
 from stream.core.records import RawRecord
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# aiohttp (under Faust) refuses a charset inside content_type; the exposition is ASCII anyway.
+CONTENT_TYPE = "text/plain; version=0.0.4"
 
 # Batch sizes up to the largest sensible SENTISTREAM_BATCH_SIZE; latencies from 1 ms to 1 min.
 SIZE_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256)

@@ -93,7 +93,8 @@ class Settings(BaseSettings):
     backend: str = "auto"
     model_cache_dir: Path = Path("~/.cache/sentistream")
     torch_threads: int | None = Field(default=None, ge=1)
-    batch_size: int = Field(default=32, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    batch_take: int = Field(default=128, ge=1)
     batch_max_wait_ms: int = Field(default=0, ge=0)
     batch_max_tokens: int = Field(default=4096, ge=1)
     max_message_bytes: int = Field(default=64 * 1024, ge=1)

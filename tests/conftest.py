@@ -121,8 +121,16 @@ def random_distilbert(tmp_path_factory: pytest.TempPathFactory) -> Path:
 WorkerFactory = Callable[..., WorkerProcess]
 
 
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ONNX exports shared by the session's workers (exported once per weights)."""
+    return tmp_path_factory.mktemp("model-cache")
+
+
 @pytest.fixture
-def start_worker(kafka: KafkaSettings, tmp_path: Path) -> Iterator[WorkerFactory]:
+def start_worker(
+    kafka: KafkaSettings, tmp_path: Path, model_cache: Path
+) -> Iterator[WorkerFactory]:
     """Start ``sentistream worker`` processes on the test broker; all are stopped at teardown."""
     started: list[WorkerProcess] = []
 
@@ -140,6 +148,7 @@ def start_worker(kafka: KafkaSettings, tmp_path: Path) -> Iterator[WorkerFactory
             "SENTISTREAM_WEB_PORT": str(free_port()),
             "SENTISTREAM_DATA_DIR": str(tmp_path / f"worker-{index}"),
             "SENTISTREAM_TORCH_THREADS": "2",
+            "SENTISTREAM_MODEL_CACHE_DIR": str(model_cache),
             **env,
         }
         worker = WorkerProcess(settings_env, log_path=tmp_path / f"worker-{index}.log").start()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import random
+import time
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from stream.core.codec import (
     HEADER_STAGE,
 )
 from stream.settings import KafkaSettings, TopicSettings
+from stream.worker_process import WorkerProcess
 from tests.conftest import Collector, WorkerFactory
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -150,6 +154,47 @@ def test_every_message_ends_as_exactly_one_event_or_dead_letter(
         assert record.headers[HEADER_STAGE] in {b"decode", b"validate", b"clean"}
     assert not expected_reason, "some bad inputs got no dead letter"
 
+    metrics = scrape_metrics(worker, until=lambda m: m["sentistream_messages_in_total"] >= 2000)
+    assert metrics["sentistream_messages_in_total"] == len(records)
+    assert metrics["sentistream_events_out_total"] == len(good)
+    dead = {k: v for k, v in metrics.items() if k.startswith("sentistream_dead_letters_total")}
+    assert sum(dead.values()) == len(bad)
+    assert metrics['sentistream_dead_letters_total{reason="invalid_json"}'] == sum(
+        1 for b in bad if b.reason == "invalid_json"
+    )
+    assert metrics["sentistream_batch_size_sum"] == len(good)  # every scored text, one pass each
+    assert metrics["sentistream_take_size_sum"] == len(records)
+    assert 0 < metrics["sentistream_padding_efficiency"] <= 1
+    assert metrics["sentistream_end_to_end_latency_seconds_count"] == len(records)
+    assert (
+        metrics["sentistream_model_latency_seconds_count"]
+        == metrics["sentistream_batch_size_count"]
+    )
+    assert metrics["sentistream_process_peak_resident_memory_bytes"] > 50 * 2**20
+    (info,) = [k for k in metrics if k.startswith("sentistream_model_info")]
+    assert f'model="{minilm}"' in info
+    assert 'backend="onnx-int8"' in info  # the CPU default
+
+
+def scrape_metrics(
+    worker: WorkerProcess, until: Callable[[dict[str, float]], bool], timeout: float = 20.0
+) -> dict[str, float]:
+    """The worker's /metrics as {'name{labels}': value}, once ``until`` holds (or at timeout)."""
+    port = worker.env["SENTISTREAM_WEB_PORT"]
+    deadline = time.monotonic() + timeout
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            assert response.headers["Content-Type"].startswith("text/plain")
+            body = response.read().decode()
+        metrics: dict[str, float] = {}
+        for line in body.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                metrics[name] = float(value)
+        if until(metrics) or time.monotonic() > deadline:
+            return metrics
+        time.sleep(0.5)
+
 
 CLEAR_CASES = {
     "I love this so much, best day ever! 😍": "POSITIVE",
@@ -186,7 +231,9 @@ def test_clear_social_messages_get_the_right_label_through_the_worker(
     assert got == CLEAR_CASES
 
 
+@pytest.mark.parametrize("backend", ["torch-fp32", "onnx-fp32"])
 def test_batched_worker_results_equal_one_at_a_time_pipeline(
+    backend: str,
     kafka: KafkaSettings,
     topics: TopicSettings,
     start_worker: WorkerFactory,
@@ -202,6 +249,7 @@ def test_batched_worker_results_equal_one_at_a_time_pipeline(
         topics,
         SENTISTREAM_BATCH_SIZE="16",
         SENTISTREAM_BATCH_MAX_WAIT_MS="500",
+        SENTISTREAM_BACKEND=backend,
     )
     producer = RecordProducer(kafka)
     for index, text in enumerate(texts):

@@ -45,7 +45,9 @@ def test_defaults_without_environment() -> None:
     assert settings.model == "distilbert-base-uncased-finetuned-sst-2-english"
     assert settings.model_revision is None
     assert settings.app_id == "sentistream"
-    assert settings.batch_size == 32
+    assert settings.batch_size == 16
+    assert settings.batch_take == 128
+    assert settings.backend == "auto"
     assert settings.max_message_bytes == 64 * 1024
     assert settings.redact_text is False
     assert settings.kafka.bootstrap_servers == "localhost:9092"
@@ -98,7 +100,7 @@ def test_from_env_keyword_overrides_win(monkeypatch: pytest.MonkeyPatch) -> None
         ("SENTISTREAM_INPUT_PARTITIONS", lambda s: s.topics.input_partitions == 4),
         ("SENTISTREAM_MODEL", lambda s: s.model.startswith("distilbert")),
         ("SENTISTREAM_TORCH_THREADS", lambda s: s.torch_threads is None),
-        ("SENTISTREAM_BATCH_SIZE", lambda s: s.batch_size == 32),
+        ("SENTISTREAM_BATCH_SIZE", lambda s: s.batch_size == 16),
         ("KAFKA_BOOTSTRAP_SERVERS", lambda s: s.kafka.bootstrap_servers == "localhost:9092"),
         ("KAFKA_SASL_MECHANISM", lambda s: s.kafka.sasl_mechanism is None),
         ("KAFKA_SASL_PASSWORD", lambda s: s.kafka.sasl_password is None),

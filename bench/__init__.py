@@ -1,0 +1,1 @@
+"""``sentistream bench``: pipeline throughput and latency against baselines, in one run."""

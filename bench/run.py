@@ -1,0 +1,530 @@
+"""One benchmark run: baselines, the runner offline, and the worker end to end, in one table.
+
+(a) naive: ``transformers.pipeline``, one message at a time (what a first prototype does);
+(b) offline: the project's model runner on the whole mix at once, per backend (its ceiling);
+(c) end to end: embedded broker + a running worker per backend; messages produced at max rate and
+    at half the measured max; latency = event published (its record timestamp) - message produced.
+Speed uses random-init DistilBERT SST-2 (the real architecture, so the real cost); accuracy uses
+the real shared MiniLM SST-2 model on GLUE SST-2 dev. Nothing here asserts on time: it reports.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.messages import message_mix
+from connectors.admin import ensure_topics, pipeline_topics
+from connectors.broker import EmbeddedBroker, free_port
+from connectors.producer import RecordProducer
+from connectors.sink import read_topics
+from stream.settings import BrokerProfile, KafkaSettings, TopicSettings
+from stream.worker_process import WorkerProcess
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SHARED = PROJECT_ROOT.parent / "shared"
+DISTILBERT_CONFIG = SHARED / "models" / "distilbert-sst2-config"
+MINILM = SHARED / "models" / "sentiment-minilm-sst2"
+SST2_DEV = SHARED / "data" / "sst2" / "glue_dev.tsv"
+CPU_BACKENDS = ("torch-fp32", "torch-int8", "onnx-fp32", "onnx-int8")
+
+
+@dataclass
+class Row:
+    """One line of the table; ``None`` where a column does not apply."""
+
+    run: str
+    backend: str
+    messages: int
+    msg_per_s: float
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    p99_ms: float | None = None
+    mean_batch: float | None = None
+    batch_fill: float | None = None
+    padding_efficiency: float | None = None
+    peak_rss_mb: float | None = None
+    offered_per_s: float | None = None
+
+
+@dataclass
+class Accuracy:
+    backend: str
+    sst2_dev_accuracy: float
+    agreement_with_fp32: float
+    flips: int
+
+
+@dataclass
+class Report:
+    machine: str
+    settings: dict[str, Any]
+    rows: list[Row] = field(default_factory=list)
+    accuracy: list[Accuracy] = field(default_factory=list)
+    goals: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    messages: int = 1000
+    naive_messages: int = 200
+    half_rate_seconds: float = 20.0
+    backends: Sequence[str] = CPU_BACKENDS
+    batch_size: int = 16
+    threads: int = 2
+    seed: int = 42
+    skip_accuracy: bool = False
+    workdir: Path | None = None
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def random_distilbert(target: Path) -> Path:
+    """DistilBERT SST-2's architecture and tokenizer with seeded random weights, saved once."""
+    if (target / "config.json").exists():
+        return target
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(1234)
+    config = AutoConfig.from_pretrained(DISTILBERT_CONFIG)
+    model = AutoModelForSequenceClassification.from_config(config)  # type: ignore[no-untyped-call]
+    model.save_pretrained(target)
+    AutoTokenizer.from_pretrained(DISTILBERT_CONFIG).save_pretrained(target)
+    return target
+
+
+# --- (a) naive ------------------------------------------------------------------------------------
+
+
+def bench_naive(model: Path, texts: Sequence[str], threads: int) -> Row:
+    import torch
+    from transformers import pipeline
+
+    torch.set_num_threads(threads)
+    classify = pipeline("text-classification", model=str(model), device="cpu")
+    classify(texts[0])  # warm-up
+    latencies = []
+    started = time.perf_counter()
+    for text in texts:
+        one = time.perf_counter()
+        classify(text)
+        latencies.append((time.perf_counter() - one) * 1000)
+    elapsed = time.perf_counter() - started
+    return Row(
+        run="naive pipeline, 1 at a time",
+        backend="torch-fp32",
+        messages=len(texts),
+        msg_per_s=len(texts) / elapsed,
+        p50_ms=percentile(latencies, 50),
+        p95_ms=percentile(latencies, 95),
+        p99_ms=percentile(latencies, 99),
+        mean_batch=1.0,
+        batch_fill=None,
+    )
+
+
+# --- (b) offline ----------------------------------------------------------------------------------
+
+
+def bench_offline(model: Path, texts: Sequence[str], backend: str, opts: BenchOptions) -> Row:
+    from models.runner import RunnerOptions, SentimentRunner
+    from stream.core.cleaning import CleaningRules, clean_text
+
+    runner = SentimentRunner(
+        str(model),
+        RunnerOptions(
+            backend=backend,
+            max_batch_size=opts.batch_size,
+            torch_threads=opts.threads,
+            cache_dir=workdir(opts) / "model-cache",
+        ),
+    )
+    cleaned = [clean_text(text, CleaningRules()) for text in texts]
+    started = time.perf_counter()
+    scored = runner.predict(cleaned)
+    elapsed = time.perf_counter() - started
+    sizes = scored.forward_sizes
+    return Row(
+        run="runner offline, whole mix",
+        backend=backend,
+        messages=len(texts),
+        msg_per_s=len(texts) / elapsed,
+        mean_batch=statistics.fmean(sizes),
+        batch_fill=statistics.fmean(sizes) / opts.batch_size,
+        padding_efficiency=scored.padding_efficiency,
+    )
+
+
+# --- (c) end to end -------------------------------------------------------------------------------
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The worker's /metrics as {sample name{labels}: value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        body = response.read().decode()
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+def delta(after: dict[str, float], before: dict[str, float], name: str) -> float:
+    return after.get(name, 0.0) - before.get(name, 0.0)
+
+
+class EndToEnd:
+    """A worker for one backend on the shared broker, fed and read by this process."""
+
+    def __init__(self, kafka: KafkaSettings, model: Path, backend: str, opts: BenchOptions) -> None:
+        self.kafka = kafka
+        self.opts = opts
+        self.backend = backend
+        suffix = uuid.uuid4().hex[:8]
+        self.topics = TopicSettings(
+            input_topic=f"bench.{suffix}.input",
+            events_topic=f"bench.{suffix}.events",
+            deadletter_topic=f"bench.{suffix}.deadletter",
+            aggregates_topic=f"bench.{suffix}.aggregates",
+        )
+        app_id = f"bench-{suffix}"
+        ensure_topics(kafka, pipeline_topics(self.topics, app_id))
+        self.port = free_port()
+        base = workdir(opts)
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+            "KAFKA_BROKER_PROFILE": str(kafka.broker_profile),
+            "SENTISTREAM_APP_ID": app_id,
+            "SENTISTREAM_INPUT_TOPIC": self.topics.input_topic,
+            "SENTISTREAM_EVENTS_TOPIC": self.topics.events_topic,
+            "SENTISTREAM_DEADLETTER_TOPIC": self.topics.deadletter_topic,
+            "SENTISTREAM_AGGREGATES_TOPIC": self.topics.aggregates_topic,
+            "SENTISTREAM_MODEL": str(model),
+            "SENTISTREAM_BACKEND": backend,
+            "SENTISTREAM_MODEL_CACHE_DIR": str(base / "model-cache"),
+            "SENTISTREAM_BATCH_SIZE": str(opts.batch_size),
+            "SENTISTREAM_TORCH_THREADS": str(opts.threads),
+            "SENTISTREAM_WEB_PORT": str(self.port),
+            "SENTISTREAM_DATA_DIR": str(base / f"worker-{suffix}"),
+            "SENTISTREAM_LOG_LEVEL": "warning",
+        }
+        self.worker = WorkerProcess(env, log_path=base / f"worker-{backend}-{suffix}.log")
+        self.produced_ms: dict[str, int] = {}
+
+    def __enter__(self) -> EndToEnd:
+        self.worker.start()
+        self.run_phase([{"id": f"warmup-{i}", "text": "warm up"} for i in range(4)], rate=None)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.worker.stop()
+
+    def run_phase(
+        self, messages: Sequence[dict[str, str]], rate: float | None, timeout: float = 900.0
+    ) -> tuple[list[float], float]:
+        """Produce ``messages`` (at ``rate``/s, or as fast as possible) and wait for their events.
+
+        Returns per-message latencies (ms) and throughput (messages / (last event - first sent)).
+        """
+        wanted = {message["id"] for message in messages}
+        latencies: dict[str, float] = {}
+        last_event_ms = 0
+        producer_done = threading.Event()
+        first_sent: list[int] = []
+
+        def produce() -> None:
+            producer = RecordProducer(self.kafka)
+            started = time.monotonic()
+            for index, message in enumerate(messages):
+                if rate is not None:
+                    pause = started + index / rate - time.monotonic()
+                    if pause > 0:
+                        time.sleep(pause)
+                sent_ms = int(time.time() * 1000)
+                if not first_sent:
+                    first_sent.append(sent_ms)
+                self.produced_ms[message["id"]] = sent_ms
+                producer.send(
+                    self.topics.input_topic,
+                    orjson.dumps(message),
+                    key=message["id"].encode(),
+                    timestamp_ms=sent_ms,
+                )
+            producer.flush()
+            producer_done.set()
+
+        thread = threading.Thread(target=produce, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + timeout
+        for record in read_topics(
+            self.kafka,
+            [self.topics.events_topic, self.topics.deadletter_topic],
+            deadline=deadline,
+            until=lambda: len(latencies) >= len(wanted) or self.worker.exit_code() is not None,
+        ):
+            if record.topic == self.topics.deadletter_topic:
+                raise RuntimeError(f"bench message dead-lettered: {record.headers}")
+            event_id = str(orjson.loads(record.value or b"{}")["id"])
+            if event_id in wanted and event_id not in latencies:
+                latencies[event_id] = record.timestamp_ms - self.produced_ms[event_id]
+                last_event_ms = max(last_event_ms, record.timestamp_ms)
+        thread.join(60)
+        if len(latencies) < len(wanted):
+            raise RuntimeError(
+                f"{backend_label(self.backend)}: {len(latencies)}/{len(wanted)} events arrived; "
+                f"worker log:\n{self.worker.log_tail()}"
+            )
+        elapsed_s = max(1e-3, (last_event_ms - first_sent[0]) / 1000)
+        return list(latencies.values()), len(messages) / elapsed_s
+
+    def measure(self, messages: Sequence[dict[str, str]], rate: float | None, run: str) -> Row:
+        before = scrape(self.port)
+        latencies, throughput = self.run_phase(messages, rate)
+        after = scrape(self.port)
+        batches = delta(after, before, "sentistream_batch_size_count")
+        texts = delta(after, before, "sentistream_batch_size_sum")
+        padded = delta(after, before, "sentistream_padded_tokens_total")
+        mean_batch = texts / batches if batches else None
+        return Row(
+            run=run,
+            backend=self.backend,
+            messages=len(messages),
+            msg_per_s=throughput,
+            p50_ms=percentile(latencies, 50),
+            p95_ms=percentile(latencies, 95),
+            p99_ms=percentile(latencies, 99),
+            mean_batch=mean_batch,
+            batch_fill=mean_batch / self.opts.batch_size if mean_batch else None,
+            padding_efficiency=(
+                delta(after, before, "sentistream_real_tokens_total") / padded if padded else None
+            ),
+            peak_rss_mb=after.get("sentistream_process_peak_resident_memory_bytes", 0) / 2**20,
+            offered_per_s=rate,
+        )
+
+
+def backend_label(backend: str) -> str:
+    return f"worker ({backend})"
+
+
+# --- accuracy -------------------------------------------------------------------------------------
+
+
+def bench_accuracy(backends: Sequence[str], opts: BenchOptions) -> list[Accuracy]:
+    from models.runner import RunnerOptions, SentimentRunner
+
+    rows = SST2_DEV.read_text(encoding="utf-8").splitlines()[1:]
+    pairs = [row.rsplit("\t", 1) for row in rows if row.strip()]
+    texts = [text for text, _ in pairs]
+    gold = ["POSITIVE" if label == "1" else "NEGATIVE" for _, label in pairs]
+    labels: dict[str, list[str]] = {}
+    results = []
+    for backend in ("torch-fp32", *[b for b in backends if b != "torch-fp32"]):
+        runner = SentimentRunner(
+            str(MINILM),
+            RunnerOptions(
+                backend=backend,
+                max_batch_size=opts.batch_size,
+                torch_threads=opts.threads,
+                cache_dir=workdir(opts) / "model-cache",
+            ),
+        )
+        labels[backend] = [p.label for p in runner.predict(texts).predictions]
+        flips = sum(a != b for a, b in zip(labels[backend], labels["torch-fp32"], strict=True))
+        correct = sum(a == g for a, g in zip(labels[backend], gold, strict=True))
+        results.append(Accuracy(backend, correct / len(texts), 1 - flips / len(texts), flips))
+    return results
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+_WORKDIR: dict[int, Path] = {}
+
+
+def workdir(opts: BenchOptions) -> Path:
+    if opts.workdir is not None:
+        return opts.workdir
+    return _WORKDIR.setdefault(id(opts), Path(tempfile.mkdtemp(prefix="sentistream-bench-")))
+
+
+def run_bench(opts: BenchOptions, say: Callable[[str], None] = print) -> Report:
+    base = workdir(opts)
+    model = random_distilbert(base / "random-distilbert")
+    mix = message_mix(opts.messages, seed=opts.seed)
+    texts = [m["text"] for m in mix]
+    report = Report(machine=machine_description(), settings=asdict(opts) | {"workdir": str(base)})
+    report.settings["backends"] = list(opts.backends)
+
+    say(f"(a) naive pipeline on {opts.naive_messages} messages ...")
+    report.rows.append(bench_naive(model, texts[: opts.naive_messages], opts.threads))
+    for backend in opts.backends:
+        say(f"(b) runner offline, {backend} ...")
+        report.rows.append(bench_offline(model, texts, backend, opts))
+
+    with EmbeddedBroker(log_path=base / "broker.log") as broker:
+        kafka = KafkaSettings(
+            bootstrap_servers=broker.bootstrap_servers, broker_profile=BrokerProfile.EMBEDDED
+        )
+        for backend in opts.backends:
+            say(f"(c) end to end, {backend}: max rate ...")
+            with EndToEnd(kafka, model, backend, opts) as e2e:
+                fast = e2e.measure(tag(mix, "max"), None, "end to end, max rate")
+                report.rows.append(fast)
+                rate = fast.msg_per_s / 2
+                count = max(20, round(rate * opts.half_rate_seconds))
+                say(f"(c) end to end, {backend}: {rate:.0f} msg/s (half of max) ...")
+                half_mix = tag(message_mix(count, seed=opts.seed + 1), "half")
+                report.rows.append(e2e.measure(half_mix, rate, "end to end, half max rate"))
+
+    if not opts.skip_accuracy:
+        say("accuracy on GLUE SST-2 dev (real MiniLM SST-2 model) ...")
+        report.accuracy = bench_accuracy(opts.backends, opts)
+    report.goals = evaluate_goals(report)
+    return report
+
+
+def tag(messages: Sequence[dict[str, str]], phase: str) -> list[dict[str, str]]:
+    return [{**m, "id": f"{phase}-{m['id']}"} for m in messages]
+
+
+def machine_description() -> str:
+    import os
+    import platform
+
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = ""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = f", GPU {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, {platform.python_version()} {gpu}".strip()
+
+
+def find(report: Report, run: str, backend: str) -> Row | None:
+    return next((r for r in report.rows if r.run.startswith(run) and r.backend == backend), None)
+
+
+def evaluate_goals(report: Report) -> list[dict[str, Any]]:
+    """The issue's goals, as ratios from this run."""
+    goals: list[dict[str, Any]] = []
+    naive = find(report, "naive", "torch-fp32")
+    fp32 = find(report, "runner offline", "torch-fp32")
+    e2e_max = [r for r in report.rows if r.run == "end to end, max rate"]
+    if not e2e_max:
+        return goals
+    best = max(e2e_max, key=lambda r: r.msg_per_s)
+    offline_same = find(report, "runner offline", best.backend)
+    if naive:
+        ratio = best.msg_per_s / naive.msg_per_s
+        goals.append(goal(f"end to end ({best.backend}) >= 3x naive", ratio, 3.0))
+    if offline_same:
+        ratio = best.msg_per_s / offline_same.msg_per_s
+        goals.append(goal(f"end to end >= 85% of offline ({best.backend})", ratio, 0.85))
+    offline = [r for r in report.rows if r.run.startswith("runner offline")]
+    accurate = {a.backend for a in report.accuracy if a.agreement_with_fp32 >= 0.99}
+    reference = next((a for a in report.accuracy if a.backend == "torch-fp32"), None)
+    if fp32 and offline:
+        eligible = [r for r in offline if r.backend in accurate] or offline
+        fastest = max(eligible, key=lambda r: r.msg_per_s)
+        goals.append(goal(f"best CPU backend ({fastest.backend}) >= 1.7x fp32",
+                          fastest.msg_per_s / fp32.msg_per_s, 1.7))  # fmt: skip
+        mine = next((a for a in report.accuracy if a.backend == fastest.backend), None)
+        if mine and reference:
+            goals.append(goal(f"{fastest.backend} label agreement >= 99%",
+                              mine.agreement_with_fp32, 0.99))  # fmt: skip
+            goals.append(goal(f"{fastest.backend} accuracy loss <= 0.5 pt",
+                              (reference.sst2_dev_accuracy - mine.sst2_dev_accuracy) * 100, 0.5,
+                              lower_is_better=True))  # fmt: skip
+    for row in report.rows:
+        if row.run == "end to end, half max rate" and row.p95_ms is not None:
+            goals.append(goal(f"p95 at half max rate ({row.backend}) <= 100 ms", row.p95_ms, 100,
+                              lower_is_better=True))  # fmt: skip
+    peak = max((r.peak_rss_mb or 0 for r in report.rows), default=0)
+    goals.append(goal("worker peak RSS <= 1.5 GB (MB)", peak, 1536, lower_is_better=True))
+    return goals
+
+
+def goal(name: str, value: float, target: float, lower_is_better: bool = False) -> dict[str, Any]:
+    met = value <= target if lower_is_better else value >= target
+    return {"goal": name, "value": round(value, 4), "target": target, "met": met}
+
+
+# --- output ---------------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def render(report: Report) -> str:
+    naive = find(report, "naive", "torch-fp32")
+    lines = [
+        f"machine: {report.machine}",
+        f"mix: {report.settings['messages']} messages (seed {report.settings['seed']}), "
+        f"batch size {report.settings['batch_size']}, {report.settings['threads']} threads",
+        "",
+        "| run | backend | msg/s | x naive | p50 ms | p95 ms | p99 ms | mean batch | fill | "
+        "padding eff. | peak RSS MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in report.rows:
+        run = row.run + (f" ({row.offered_per_s:.0f}/s offered)" if row.offered_per_s else "")
+        speedup = row.msg_per_s / naive.msg_per_s if naive else None
+        lines.append(
+            f"| {run} | {row.backend} | {row.msg_per_s:.1f} | {_fmt(speedup)} | "
+            f"{_fmt(row.p50_ms, 0)} | {_fmt(row.p95_ms, 0)} | {_fmt(row.p99_ms, 0)} | "
+            f"{_fmt(row.mean_batch)} | {_fmt(row.batch_fill, 2)} | "
+            f"{_fmt(row.padding_efficiency, 2)} | {_fmt(row.peak_rss_mb, 0)} |"
+        )
+    if report.accuracy:
+        lines += [
+            "",
+            "| backend | SST-2 dev accuracy (MiniLM) | label agreement with torch fp32 | flips |",
+            "|---|---:|---:|---:|",
+        ]
+        for acc in report.accuracy:
+            lines.append(
+                f"| {acc.backend} | {acc.sst2_dev_accuracy:.2%} | {acc.agreement_with_fp32:.2%} "
+                f"| {acc.flips} |"
+            )
+    if report.goals:
+        lines += ["", "| goal | value | target | met |", "|---|---:|---:|---|"]
+        for item in report.goals:
+            met = "yes" if item["met"] else "NO"
+            lines.append(f"| {item['goal']} | {item['value']} | {item['target']} | {met} |")
+    return "\n".join(lines)
+
+
+def write_json(report: Report, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(asdict(report), option=orjson.OPT_INDENT_2))
