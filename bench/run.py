@@ -10,6 +10,7 @@ the real shared MiniLM SST-2 model on GLUE SST-2 dev. Nothing here asserts on ti
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import threading
@@ -55,6 +56,10 @@ class Row:
     padding_efficiency: float | None = None
     peak_rss_mb: float | None = None
     offered_per_s: float | None = None
+    model_ms_per_message: float | None = None  # forward-pass time per message (worker metrics)
+    cores_worker: float | None = None  # CPU cores busy during the phase, by process
+    cores_broker: float | None = None
+    cores_load: float | None = None  # this process: producer and consumer
 
 
 @dataclass
@@ -196,8 +201,11 @@ def delta(after: dict[str, float], before: dict[str, float], name: str) -> float
 class EndToEnd:
     """A worker for one backend on the shared broker, fed and read by this process."""
 
-    def __init__(self, kafka: KafkaSettings, model: Path, backend: str, opts: BenchOptions) -> None:
+    def __init__(
+        self, kafka: KafkaSettings, model: Path, backend: str, opts: BenchOptions, broker_pid: int
+    ) -> None:
         self.kafka = kafka
+        self.broker_pid = broker_pid
         self.opts = opts
         self.backend = backend
         suffix = uuid.uuid4().hex[:8]
@@ -299,7 +307,12 @@ class EndToEnd:
 
     def measure(self, messages: Sequence[dict[str, str]], rate: float | None, run: str) -> Row:
         before = scrape(self.port)
+        cpu_before = cpu_seconds(self.worker.pid), cpu_seconds(self.broker_pid), own_cpu_seconds()
+        wall_before = time.monotonic()
         latencies, throughput = self.run_phase(messages, rate)
+        wall = time.monotonic() - wall_before
+        cpu_after = cpu_seconds(self.worker.pid), cpu_seconds(self.broker_pid), own_cpu_seconds()
+        cores = [(b - a) / wall for a, b in zip(cpu_before, cpu_after, strict=True)]
         after = scrape(self.port)
         batches = delta(after, before, "sentistream_batch_size_count")
         texts = delta(after, before, "sentistream_batch_size_sum")
@@ -320,7 +333,29 @@ class EndToEnd:
             ),
             peak_rss_mb=after.get("sentistream_process_peak_resident_memory_bytes", 0) / 2**20,
             offered_per_s=rate,
+            model_ms_per_message=(
+                delta(after, before, "sentistream_model_latency_seconds_sum") * 1000 / texts
+                if texts
+                else None
+            ),
+            cores_worker=cores[0],
+            cores_broker=cores[1],
+            cores_load=cores[2],
         )
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of a process (and its threads), from /proc; 0 if unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 def backend_label(backend: str) -> str:
@@ -387,7 +422,7 @@ def run_bench(opts: BenchOptions, say: Callable[[str], None] = print) -> Report:
         )
         for backend in opts.backends:
             say(f"(c) end to end, {backend}: max rate ...")
-            with EndToEnd(kafka, model, backend, opts) as e2e:
+            with EndToEnd(kafka, model, backend, opts, broker.pid or 0) as e2e:
                 fast = e2e.measure(tag(mix, "max"), None, "end to end, max rate")
                 report.rows.append(fast)
                 rate = fast.msg_per_s / 2
@@ -408,7 +443,6 @@ def tag(messages: Sequence[dict[str, str]], phase: str) -> list[dict[str, str]]:
 
 
 def machine_description() -> str:
-    import os
     import platform
 
     model = "unknown CPU"
@@ -435,36 +469,36 @@ def find(report: Report, run: str, backend: str) -> Row | None:
 
 
 def evaluate_goals(report: Report) -> list[dict[str, Any]]:
-    """The issue's goals, as ratios from this run."""
+    """The issue's goals, as ratios from this run, for the fastest backend that keeps >= 99%
+    label agreement (without accuracy figures: the fastest offline)."""
     goals: list[dict[str, Any]] = []
     naive = find(report, "naive", "torch-fp32")
     fp32 = find(report, "runner offline", "torch-fp32")
-    e2e_max = [r for r in report.rows if r.run == "end to end, max rate"]
-    if not e2e_max:
-        return goals
-    best = max(e2e_max, key=lambda r: r.msg_per_s)
-    offline_same = find(report, "runner offline", best.backend)
-    if naive:
-        ratio = best.msg_per_s / naive.msg_per_s
-        goals.append(goal(f"end to end ({best.backend}) >= 3x naive", ratio, 3.0))
-    if offline_same:
-        ratio = best.msg_per_s / offline_same.msg_per_s
-        goals.append(goal(f"end to end >= 85% of offline ({best.backend})", ratio, 0.85))
     offline = [r for r in report.rows if r.run.startswith("runner offline")]
     accurate = {a.backend for a in report.accuracy if a.agreement_with_fp32 >= 0.99}
+    eligible = [r for r in offline if r.backend in accurate] or offline
+    if not eligible:
+        return goals
+    chosen = max(eligible, key=lambda r: r.msg_per_s)
+    e2e = next((r for r in report.rows if r.run == "end to end, max rate"
+                and r.backend == chosen.backend), None)  # fmt: skip
+    if e2e and naive:
+        goals.append(goal(f"end to end ({chosen.backend}) >= 3x naive",
+                          e2e.msg_per_s / naive.msg_per_s, 3.0))  # fmt: skip
+    if e2e:
+        goals.append(goal(f"end to end >= 85% of offline ({chosen.backend})",
+                          e2e.msg_per_s / chosen.msg_per_s, 0.85))  # fmt: skip
+    if fp32:
+        goals.append(goal(f"best CPU backend ({chosen.backend}) >= 1.7x torch fp32",
+                          chosen.msg_per_s / fp32.msg_per_s, 1.7))  # fmt: skip
+    mine = next((a for a in report.accuracy if a.backend == chosen.backend), None)
     reference = next((a for a in report.accuracy if a.backend == "torch-fp32"), None)
-    if fp32 and offline:
-        eligible = [r for r in offline if r.backend in accurate] or offline
-        fastest = max(eligible, key=lambda r: r.msg_per_s)
-        goals.append(goal(f"best CPU backend ({fastest.backend}) >= 1.7x fp32",
-                          fastest.msg_per_s / fp32.msg_per_s, 1.7))  # fmt: skip
-        mine = next((a for a in report.accuracy if a.backend == fastest.backend), None)
-        if mine and reference:
-            goals.append(goal(f"{fastest.backend} label agreement >= 99%",
-                              mine.agreement_with_fp32, 0.99))  # fmt: skip
-            goals.append(goal(f"{fastest.backend} accuracy loss <= 0.5 pt",
-                              (reference.sst2_dev_accuracy - mine.sst2_dev_accuracy) * 100, 0.5,
-                              lower_is_better=True))  # fmt: skip
+    if mine and reference:
+        goals.append(goal(f"{chosen.backend} label agreement >= 99%",
+                          mine.agreement_with_fp32, 0.99))  # fmt: skip
+        goals.append(goal(f"{chosen.backend} accuracy loss <= 0.5 pt",
+                          (reference.sst2_dev_accuracy - mine.sst2_dev_accuracy) * 100, 0.5,
+                          lower_is_better=True))  # fmt: skip
     for row in report.rows:
         if row.run == "end to end, half max rate" and row.p95_ms is not None:
             goals.append(goal(f"p95 at half max rate ({row.backend}) <= 100 ms", row.p95_ms, 100,
@@ -486,6 +520,12 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def cores(row: Row) -> str:
+    if row.cores_worker is None:
+        return "-"
+    return f"{row.cores_worker:.2f}/{_fmt(row.cores_broker, 2)}/{_fmt(row.cores_load, 2)}"
+
+
 def render(report: Report) -> str:
     naive = find(report, "naive", "torch-fp32")
     lines = [
@@ -494,8 +534,8 @@ def render(report: Report) -> str:
         f"batch size {report.settings['batch_size']}, {report.settings['threads']} threads",
         "",
         "| run | backend | msg/s | x naive | p50 ms | p95 ms | p99 ms | mean batch | fill | "
-        "padding eff. | peak RSS MB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "padding eff. | model ms/msg | peak RSS MB | cores: worker/broker/load |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in report.rows:
         run = row.run + (f" ({row.offered_per_s:.0f}/s offered)" if row.offered_per_s else "")
@@ -504,7 +544,8 @@ def render(report: Report) -> str:
             f"| {run} | {row.backend} | {row.msg_per_s:.1f} | {_fmt(speedup)} | "
             f"{_fmt(row.p50_ms, 0)} | {_fmt(row.p95_ms, 0)} | {_fmt(row.p99_ms, 0)} | "
             f"{_fmt(row.mean_batch)} | {_fmt(row.batch_fill, 2)} | "
-            f"{_fmt(row.padding_efficiency, 2)} | {_fmt(row.peak_rss_mb, 0)} |"
+            f"{_fmt(row.padding_efficiency, 2)} | {_fmt(row.model_ms_per_message)} | "
+            f"{_fmt(row.peak_rss_mb, 0)} | {cores(row)} |"
         )
     if report.accuracy:
         lines += [

@@ -134,6 +134,9 @@ class OnnxForward:
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        # Idle intra-op threads sleep instead of spinning: the worker's event loop (fetching and
+        # publishing) needs those cores between forward passes. Measured in README "Performance".
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.backend = backend
         self.path = path
         self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -35,6 +35,9 @@ def configure_logging(level: str) -> None:
 
 
 def cmd_worker(_args: argparse.Namespace) -> int:
+    # Before torch loads OpenMP: idle intra-op threads sleep rather than spin, leaving the cores to
+    # the event loop between forward passes (ONNX Runtime gets the same via its session options).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from faust.worker import Worker
 
     from connectors.admin import ensure_topics, pipeline_topics

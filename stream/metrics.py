@@ -37,12 +37,28 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size.
+
+    Linux: ``VmHWM`` from /proc (``ru_maxrss`` survives exec, so a worker started by a big parent
+    would report the parent's peak); elsewhere ``ru_maxrss``.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
+
+
 class PeakMemoryCollector(Collector):
-    """Peak resident set size of this process (``ru_maxrss``), which the process collector lacks."""
+    """Peak resident set size of this process, which the process collector lacks."""
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        peak_bytes = peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
+        peak_bytes = peak_rss_bytes()
         yield GaugeMetricFamily(
             "sentistream_process_peak_resident_memory_bytes",
             "Peak resident memory of the worker process.",
