@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.messages import message_mix
+from bench.random_model import save_random_model
 
 
 def main() -> None:
@@ -29,17 +30,11 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     from models.runner import RunnerOptions, SentimentRunner
 
     work = Path(tempfile.mkdtemp(prefix="bench-offline-"))
-    torch.manual_seed(1234)
-    model = AutoModelForSequenceClassification.from_config(  # type: ignore[no-untyped-call]
-        AutoConfig.from_pretrained(args.config)
-    )
-    model.save_pretrained(work / "model")
-    AutoTokenizer.from_pretrained(args.config).save_pretrained(work / "model")
+    save_random_model(args.config, work / "model")
     texts = [m["text"] for m in message_mix(args.messages)]
     device_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     print(f"device: {device_name}; {len(texts)} messages; torch {torch.__version__}")

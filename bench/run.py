@@ -18,19 +18,23 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from bench.messages import message_mix
+from bench.random_model import save_random_model
 from connectors.admin import ensure_topics, pipeline_topics
 from connectors.broker import EmbeddedBroker, free_port
 from connectors.producer import RecordProducer
 from connectors.sink import read_topics
 from stream.settings import BrokerProfile, KafkaSettings, TopicSettings
 from stream.worker_process import WorkerProcess
+
+if TYPE_CHECKING:
+    from models.runner import SentimentRunner
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHARED = PROJECT_ROOT.parent / "shared"
@@ -100,21 +104,6 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[index]
 
 
-def random_distilbert(target: Path) -> Path:
-    """DistilBERT SST-2's architecture and tokenizer with seeded random weights, saved once."""
-    if (target / "config.json").exists():
-        return target
-    import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
-    torch.manual_seed(1234)
-    config = AutoConfig.from_pretrained(DISTILBERT_CONFIG)
-    model = AutoModelForSequenceClassification.from_config(config)  # type: ignore[no-untyped-call]
-    model.save_pretrained(target)
-    AutoTokenizer.from_pretrained(DISTILBERT_CONFIG).save_pretrained(target)
-    return target
-
-
 # --- (a) naive ------------------------------------------------------------------------------------
 
 
@@ -148,19 +137,26 @@ def bench_naive(model: Path, texts: Sequence[str], threads: int) -> Row:
 # --- (b) offline ----------------------------------------------------------------------------------
 
 
-def bench_offline(model: Path, texts: Sequence[str], backend: str, opts: BenchOptions) -> Row:
+def load_runner(model: Path, backend: str, opts: BenchOptions) -> SentimentRunner:
+    """The runner as the bench's workers run it: batch size, threads, the shared export cache."""
     from models.runner import RunnerOptions, SentimentRunner
-    from stream.core.cleaning import CleaningRules, clean_text
 
-    runner = SentimentRunner(
+    assert opts.workdir is not None, "run_bench resolves the workdir"
+    return SentimentRunner(
         str(model),
         RunnerOptions(
             backend=backend,
             max_batch_size=opts.batch_size,
             torch_threads=opts.threads,
-            cache_dir=workdir(opts) / "model-cache",
+            cache_dir=opts.workdir / "model-cache",
         ),
     )
+
+
+def bench_offline(model: Path, texts: Sequence[str], backend: str, opts: BenchOptions) -> Row:
+    from stream.core.cleaning import CleaningRules, clean_text
+
+    runner = load_runner(model, backend, opts)
     cleaned = [clean_text(text, CleaningRules()) for text in texts]
     started = time.perf_counter()
     scored = runner.predict(cleaned)
@@ -218,7 +214,8 @@ class EndToEnd:
         app_id = f"bench-{suffix}"
         ensure_topics(kafka, pipeline_topics(self.topics, app_id))
         self.port = free_port()
-        base = workdir(opts)
+        assert opts.workdir is not None, "run_bench resolves the workdir"
+        base = opts.workdir
         env = {
             "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
             "KAFKA_BROKER_PROFILE": str(kafka.broker_profile),
@@ -366,8 +363,6 @@ def backend_label(backend: str) -> str:
 
 
 def bench_accuracy(backends: Sequence[str], opts: BenchOptions) -> list[Accuracy]:
-    from models.runner import RunnerOptions, SentimentRunner
-
     rows = SST2_DEV.read_text(encoding="utf-8").splitlines()[1:]
     pairs = [row.rsplit("\t", 1) for row in rows if row.strip()]
     texts = [text for text, _ in pairs]
@@ -375,15 +370,7 @@ def bench_accuracy(backends: Sequence[str], opts: BenchOptions) -> list[Accuracy
     labels: dict[str, list[str]] = {}
     results = []
     for backend in ("torch-fp32", *[b for b in backends if b != "torch-fp32"]):
-        runner = SentimentRunner(
-            str(MINILM),
-            RunnerOptions(
-                backend=backend,
-                max_batch_size=opts.batch_size,
-                torch_threads=opts.threads,
-                cache_dir=workdir(opts) / "model-cache",
-            ),
-        )
+        runner = load_runner(MINILM, backend, opts)
         labels[backend] = [p.label for p in runner.predict(texts).predictions]
         flips = sum(a != b for a, b in zip(labels[backend], labels["torch-fp32"], strict=True))
         correct = sum(a == g for a, g in zip(labels[backend], gold, strict=True))
@@ -393,18 +380,11 @@ def bench_accuracy(backends: Sequence[str], opts: BenchOptions) -> list[Accuracy
 
 # --- the run --------------------------------------------------------------------------------------
 
-_WORKDIR: dict[int, Path] = {}
-
-
-def workdir(opts: BenchOptions) -> Path:
-    if opts.workdir is not None:
-        return opts.workdir
-    return _WORKDIR.setdefault(id(opts), Path(tempfile.mkdtemp(prefix="sentistream-bench-")))
-
 
 def run_bench(opts: BenchOptions, say: Callable[[str], None] = print) -> Report:
-    base = workdir(opts)
-    model = random_distilbert(base / "random-distilbert")
+    base = opts.workdir or Path(tempfile.mkdtemp(prefix="sentistream-bench-"))
+    opts = replace(opts, workdir=base)
+    model = save_random_model(DISTILBERT_CONFIG, base / "random-distilbert")
     mix = message_mix(opts.messages, seed=opts.seed)
     texts = [m["text"] for m in mix]
     report = Report(machine=machine_description(), settings=asdict(opts) | {"workdir": str(base)})

@@ -105,17 +105,10 @@ def minilm() -> Path:
 @pytest.fixture(scope="session")
 def random_distilbert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real DistilBERT SST-2 architecture and tokenizer with seeded random weights, on disk."""
-    import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from bench.random_model import save_random_model
 
     source = require(DISTILBERT_CONFIG)
-    torch.manual_seed(1234)
-    config = AutoConfig.from_pretrained(source)
-    model = AutoModelForSequenceClassification.from_config(config)  # type: ignore[no-untyped-call]
-    target = tmp_path_factory.mktemp("random-distilbert")
-    model.save_pretrained(target)
-    AutoTokenizer.from_pretrained(source).save_pretrained(target)
-    return target
+    return save_random_model(source, tmp_path_factory.mktemp("random-distilbert"))
 
 
 WorkerFactory = Callable[..., WorkerProcess]
