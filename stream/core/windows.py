@@ -300,6 +300,20 @@ def advance_stream_time(state: KeyState, policy: WindowPolicy, now_ms: int) -> N
     state.stream_time_ms = watermark if previous is None else max(previous, watermark)
 
 
+def resume_partitions(state: KeyState, now_ms: int) -> None:
+    """A worker takes the key over (it started, or a rebalance gave it the key): every input
+    partition gets a fresh idle allowance from ``now_ms``.
+
+    The wall time between the previous owner's last fact and this worker's first is nobody's
+    idleness: without this, a partition whose backlog is read after another's was judged idle,
+    stream time ran past it, and its own backlog was counted late (seen as one fact missing
+    from a window after a restart on Apache Kafka). A partition that stays silent is still
+    judged idle one allowance later.
+    """
+    for origin in set(state.origins) | set(state.partition_seen_ms):
+        state.partition_seen_ms[origin] = max(state.partition_seen_ms.get(origin, 0), now_ms)
+
+
 def close_due(state: KeyState, policy: WindowPolicy) -> list[tuple[str, WindowCounts]]:
     """Close every open window of ``state`` whose end + grace the stream time has reached."""
     return _close(

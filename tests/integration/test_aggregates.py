@@ -31,8 +31,8 @@ from tests.conftest import Collector, Outputs, WorkerFactory
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
-# Restarted workers intermittently stall (Faust after table recovery; README "Embedded broker").
-# The worker's watchdog heals most stalls; the rest are an open bug, so this test may rerun
+# Open bug (issue 10; README "Recovery after a restart"): after a restart, a window can miss facts
+# (both brokers) and on the embedded broker a message can stay unscored. So this test may rerun
 # (pytest-rerunfailures): it must still pass on one of its runs.
 RESTART_RERUNS = pytest.mark.flaky(reruns=2)
 

@@ -14,37 +14,88 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
+from connectors.admin import ensure_topics
 from connectors.broker import free_port
+from stream.settings import KafkaSettings
 
 pytestmark = pytest.mark.slow
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_broker_command_serves_kafka_until_sigterm_then_exits_cleanly() -> None:
-    port = free_port()
+def run_broker_command(*args: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """Start ``sentistream broker ARGS``; returns the process and its first three lines."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "stream", "broker", "--port", str(port)],
+        [sys.executable, "-m", "stream", "broker", *args],
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=subprocess.DEVNULL,
         text=True,
     )
+    assert process.stdout is not None
+    return process, [process.stdout.readline() for _ in range(3)]
+
+
+def stop_broker_command(process: subprocess.Popen[str]) -> int:
     try:
-        assert process.stdout is not None
-        first_line = process.stdout.readline()
-        assert f"127.0.0.1:{port}" in first_line
-        admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"})
-        assert admin.list_topics(timeout=10).brokers, "the broker answered no metadata"
         process.send_signal(signal.SIGTERM)
-        assert process.wait(15) == 0
+        return process.wait(40)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
         if process.stdout is not None:
             process.stdout.close()
+
+
+@pytest.mark.parametrize(
+    ("flags", "profile"),
+    [
+        pytest.param([], "embedded", id="embedded"),
+        pytest.param(["--kafka"], "kafka", id="kafka", marks=pytest.mark.kafka_jars),
+    ],
+)
+def test_broker_command_serves_until_sigterm_then_exits_cleanly(
+    flags: list[str], profile: str
+) -> None:
+    port = free_port()
+    process, lines = run_broker_command("--port", str(port), *flags)
+    try:
+        assert f"127.0.0.1:{port}" in lines[0]
+        assert lines[1].strip() == f"export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:{port}"
+        assert lines[2].strip() == f"export KAFKA_BROKER_PROFILE={profile}"
+        admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"})
+        assert admin.list_topics(timeout=10).brokers, "the broker answered no metadata"
+    finally:
+        assert stop_broker_command(process) == 0
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=2)
+
+
+@pytest.mark.kafka_jars
+def test_kafka_broker_command_keeps_topics_in_its_data_dir_across_restarts(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    data_dir = tmp_path / "kafka"
+    process, _lines = run_broker_command(
+        "--kafka", "--port", str(port), "--data-dir", str(data_dir)
+    )
+    try:
+        settings = KafkaSettings(bootstrap_servers=f"127.0.0.1:{port}")
+        ensure_topics(settings, {"kept.topic": 3})
+    finally:
+        assert stop_broker_command(process) == 0
+    process, _lines = run_broker_command(
+        "--kafka", "--port", str(port), "--data-dir", str(data_dir)
+    )
+    try:
+        admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"})
+        topics = admin.list_topics(timeout=10).topics
+        assert "kept.topic" in topics
+        assert len(topics["kept.topic"].partitions) == 3
+    finally:
+        assert stop_broker_command(process) == 0
+    assert (data_dir / "broker.log").stat().st_size > 0
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ from stream.core.windows import (
     describe_key,
     fold_event,
     positive_ratio,
+    resume_partitions,
     window_record,
 )
 
@@ -864,6 +865,49 @@ def test_a_silent_partition_stops_holding_stream_time_back_after_the_idle_period
     result = fold_event(state, two_partition_fact(BASE + 5 * MINUTE + 1, 0, 2), POLICY, now_ms=idle)
     assert state.stream_time_ms == BASE + 5 * MINUTE + 1
     assert ("tumbling", BASE) in [(kind, w.start_ms) for kind, w in result.closed]
+
+
+def state_after_a_restart_gap() -> KeyState:
+    """Two partitions fed up to BASE + 2 min by the previous owner, restored 40 s (more than the
+    idle allowance) after its last fact."""
+    state = KeyState("all")
+    for offset, minute in enumerate((0, 1, 2)):
+        for partition in (0, 1):
+            fact = two_partition_fact(BASE + minute * MINUTE, partition, offset)
+            fold_event(state, fact, POLICY, now_ms=minute)
+    return KeyState.from_json(orjson.loads(orjson.dumps(state.to_json())))
+
+
+RESTORED_AT = 40_000
+
+
+def test_a_backlog_read_after_a_restart_gap_is_late_without_resuming_the_partitions() -> None:
+    state = state_after_a_restart_gap()
+    fold_event(state, two_partition_fact(BASE + 4 * MINUTE, 0, 3), POLICY, now_ms=RESTORED_AT)
+    result = fold_event(
+        state, two_partition_fact(BASE + 2 * MINUTE + 10_000, 1, 3), POLICY, now_ms=RESTORED_AT
+    )
+    assert result.late_kinds == ["tumbling", "hopping"], "partition 1 judged idle across the gap"
+
+
+def test_resumed_partitions_hold_stream_time_for_the_backlog_read_second() -> None:
+    state = state_after_a_restart_gap()
+    resume_partitions(state, RESTORED_AT)
+    fold_event(state, two_partition_fact(BASE + 4 * MINUTE, 0, 3), POLICY, now_ms=RESTORED_AT)
+    assert state.stream_time_ms == BASE + 2 * MINUTE, "partition 1 still holds stream time"
+    result = fold_event(
+        state, two_partition_fact(BASE + 2 * MINUTE + 10_000, 1, 3), POLICY, now_ms=RESTORED_AT
+    )
+    assert result.late_kinds == []
+    assert state.open["tumbling"][BASE + 2 * MINUTE].counts == {"POSITIVE": 3}
+
+
+def test_a_resumed_partition_that_stays_silent_is_idle_one_allowance_later() -> None:
+    state = state_after_a_restart_gap()
+    resume_partitions(state, RESTORED_AT)
+    later = RESTORED_AT + POLICY.partition_idle_ms
+    fold_event(state, two_partition_fact(BASE + 4 * MINUTE, 0, 3), POLICY, now_ms=later)
+    assert state.stream_time_ms == BASE + 4 * MINUTE
 
 
 def test_stored_state_tells_whether_windows_are_open_without_decoding() -> None:
