@@ -29,6 +29,7 @@ from typing import Any
 
 import faust
 import orjson
+from confluent_kafka import KafkaException
 from faust.exceptions import SameNode
 from faust.types import EventT
 from faust.types import Message as FaustMessage
@@ -40,32 +41,38 @@ from connectors.clients import (
     faust_settings,
     shorten_faust_fetch_wait,
 )
+from connectors.group_offsets import GroupOffsets, partition_name
+from stream.core.aggregation import (
+    Aggregator,
+    aggregates_view,
+    current_record,
+    facts_records,
+    parse_aggregates_query,
+)
 from stream.core.batching import collect_batch
-from stream.core.codec import format_time_ms
+from stream.core.health import (
+    PartitionProgress,
+    Phase,
+    ProgressTracker,
+    current_partitions,
+    health_answer,
+)
 from stream.core.pipeline import BatchOutcome, Classifier, OutRecord, process_batch
 from stream.core.records import RawRecord
-from stream.core.windows import (
-    WINDOW_KINDS,
-    KeyState,
-    ScoredFact,
-    UpdateThrottle,
-    WindowCounts,
-    WindowPolicy,
-    advance_stream_time,
-    aggregate_keys,
-    close_due,
-    close_idle,
-    default_policy,
-    fold_event,
-    resume_partitions,
-    window_record,
-)
-from stream.faust_fixes import PARTITIONED_MEMORY_STORE
+from stream.core.windows import WindowPolicy, default_policy
+from stream.faust_fixes import PARTITIONED_MEMORY_STORE, SeekBeforeDeliveryTableManager
 from stream.metrics import CONTENT_TYPE, WorkerMetrics
 from stream.settings import Settings, pipeline_config
 
 log = logging.getLogger(__name__)
 
+# Partition progress is checked this often; records waiting this long without progress = stall.
+PROGRESS_CHECK_S = 5.0
+STALL_AFTER_S = 30.0
+# A scorer is *current* on an input partition when it has no lag or finished a record produced
+# this recently; a report of it is believed this long (see stream.core.windows idleness).
+CURRENT_WITHIN_S = 10.0
+CURRENT_BELIEVED_S = 3 * PROGRESS_CHECK_S
 # How long a shutdown waits for the batch in flight to be scored and published before giving up.
 SHUTDOWN_GRACE_S = 60.0
 EXIT_UNPUBLISHED = 70
@@ -85,42 +92,6 @@ def raw_record(message: FaustMessage) -> RawRecord:
     )
 
 
-STALL_CHECK_S = 5.0
-STALL_AFTER_S = 10.0
-
-
-class InputProgress:
-    """When the scoring agent was last handed an event, and whether it has work in hand."""
-
-    def __init__(self) -> None:
-        self._last_delivery = time.monotonic()
-        self.in_flight = 0  # takes being scored or published (scoring overlaps publishing)
-        self.queue: asyncio.Queue[Any] | None = None  # events handed over, not yet batched
-
-    def delivered(self) -> None:
-        self._last_delivery = time.monotonic()
-
-    @staticmethod
-    def is_behind(highwater: int | None, committed: int | None) -> bool:
-        """Records wait past the committed offset. Checked only after a quiet spell, when every
-        delivered event was acked and committed: so they were never delivered, or delivered and
-        then lost to Faust's bookkeeping (both seen after a restart here)."""
-        return highwater is not None and highwater > (committed or 0)
-
-    def begin_batch(self) -> None:
-        self.in_flight += 1
-
-    def end_batch(self) -> None:
-        self.in_flight -= 1
-        self._last_delivery = time.monotonic()
-
-    def stalled_for(self) -> float:
-        """Seconds with nothing delivered while nothing was queued or being scored."""
-        if self.in_flight or (self.queue is not None and not self.queue.empty()):
-            return 0.0
-        return time.monotonic() - self._last_delivery
-
-
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -136,49 +107,6 @@ def window_policy(settings: Settings) -> WindowPolicy:
     )
 
 
-def aggregate_facts(outcome: BatchOutcome, input_partitions: int) -> list[OutRecord]:
-    """The batch's facts, one record per aggregate key (keyed by it) listing that key's facts in
-    input order: a few records per batch rather than three per event."""
-    facts: dict[str, list[dict[str, Any]]] = {}
-    for event in outcome.events:
-        message, prediction = event.message, event.prediction
-        payload = event.payload
-        for key in aggregate_keys(message.source, message.channel):
-            value = {
-                "t": message.event_time_ms,
-                "l": prediction.label,
-                "s": prediction.score,
-                "m": payload["model_name"],
-                "o": event.origin,
-                "n": event.offset,
-                "p": input_partitions,
-            }
-            facts.setdefault(key, []).append(value)
-    return [
-        OutRecord(key=fact_key(key), value=orjson.dumps({"facts": values}))
-        for key, values in facts.items()
-    ]
-
-
-def fact_key(key: str) -> bytes:
-    """Facts are keyed by the JSON string of the aggregate key: the table's HTTP router hashes
-    table keys in that form, so a request is routed to the worker that owns the key."""
-    return orjson.dumps(key)
-
-
-def fact_from(key: str, value: dict[str, Any]) -> ScoredFact:
-    return ScoredFact(
-        key=key,
-        event_time_ms=int(value["t"]),
-        label=str(value["l"]),
-        score=float(value["s"]),
-        model_name=str(value["m"]),
-        origin=str(value["o"]),
-        offset=int(value["n"]),
-        partitions=int(value.get("p", 1)),
-    )
-
-
 def create_app(settings: Settings, classifier: Classifier) -> faust.App:
     """A Faust app that scores ``settings.topics.input_topic`` with ``classifier``."""
     app = faust.App(
@@ -190,6 +118,7 @@ def create_app(settings: Settings, classifier: Classifier) -> faust.App:
         topic_disable_leader=True,
         # Standby replicas would run the aggregate timers on copies they do not own.
         table_standby_replicas=0,
+        TableManager=SeekBeforeDeliveryTableManager,
         topic_replication_factor=settings.topics.replication_factor,
         **faust_settings(settings.kafka),
     )
@@ -208,7 +137,7 @@ def create_app(settings: Settings, classifier: Classifier) -> faust.App:
     deadletter_topic = app.topic(
         topics.deadletter_topic, key_serializer="raw", value_serializer="raw"
     )
-    facts_topic = wire_aggregates(app, settings)
+    facts_topic, _aggregator = wire_aggregates(app, settings)
     config = pipeline_config(settings)
     metrics = WorkerMetrics(
         model=classifier.name,
@@ -227,7 +156,7 @@ def create_app(settings: Settings, classifier: Classifier) -> faust.App:
             pending.append(await _send(events_topic, record))
         for record in outcome.dead_letters:
             pending.append(await _send(deadletter_topic, record))
-        for record in aggregate_facts(outcome, topics.input_partitions):
+        for record in facts_records(outcome, topics.input_partitions):
             pending.append(await _send(facts_topic, record))
         await asyncio.gather(*pending)
 
@@ -255,27 +184,25 @@ def create_app(settings: Settings, classifier: Classifier) -> faust.App:
 
         async def feed() -> None:
             async for event in stream.events():
-                progress.delivered()
                 await queue.put(event)
 
         async def publish_then_ack(
             events: Sequence[EventT[bytes]], records: Sequence[RawRecord], outcome: BatchOutcome
         ) -> None:
             await publish(outcome)
-            metrics.record_batch(records, outcome, now_ms())
+            published_ms = now_ms()
+            metrics.record_batch(records, outcome, published_ms)
+            health.finished(records, published_ms if outcome.events else None)
             log_batch(records, outcome)
             for event in events:
                 await stream.ack(event)
-            progress.end_batch()
 
         feeder = asyncio.ensure_future(feed())
-        progress.queue = queue
         loop = asyncio.get_running_loop()
         publishing: asyncio.Future[None] | None = None
         try:
             while True:
                 events = await collect_batch(queue, take, max_wait_s)
-                progress.begin_batch()
                 records = [raw_record(event.message) for event in events]
                 # Scoring this take overlaps publishing the previous one (at most one of each in
                 # flight; takes are published and acked in the order they were read).
@@ -291,61 +218,125 @@ def create_app(settings: Settings, classifier: Classifier) -> faust.App:
             if publishing is not None:
                 await finish(publishing)
 
-    progress = InputProgress()
-
-    @app.timer(interval=STALL_CHECK_S)  # type: ignore[untyped-decorator]
-    async def unstall_input() -> None:
-        """Re-seek the input when it has records but delivers none.
-
-        After a restart Faust can drop records fetched while the input partitions were still
-        paused for table recovery and never fetch them again (seen on the embedded broker; cf.
-        faust-streaming #175, #640). Seeking back to the committed offsets refetches them; what
-        was already delivered and not yet acked is delivered again (at-least-once).
-        """
-        if progress.stalled_for() < STALL_AFTER_S:
-            return
-        consumer = app.consumer
-        inputs = [tp for tp in consumer.assignment() if tp.topic == topics.input_topic]
-        if not inputs:
-            return
-        # Ask the broker: the consumer's own highwater is stale for a partition it stopped
-        # fetching.
-        try:
-            end_offsets = await asyncio.wait_for(consumer.highwaters(*inputs), STALL_CHECK_S)
-        except (TimeoutError, OSError) as exc:
-            log.warning("input stall check: end offsets unavailable (%r)", exc)
-            return
-        committed: dict[Any, int | None] = getattr(consumer, "_committed_offset", {})
-        behind = [tp for tp in inputs if progress.is_behind(end_offsets.get(tp), committed.get(tp))]
-        if behind:
-            log.warning("input stalled with records waiting on %s: seeking to committed", behind)
-            progress.delivered()  # restart the quiet-spell clock: give the seek time to work
-            await reseek_input(behind)
-
-    async def reseek_input(partitions: Sequence[Any]) -> None:
-        """Seek input partitions back to their committed offsets. Only the input: seeking the
-        facts topic or a table changelog would replay older table state."""
-        committed: dict[Any, int | None] = getattr(app.consumer, "_committed_offset", {})
-        for tp in partitions:
-            await app.consumer.seek(tp, committed.get(tp) or 0)
-
     @app.page("/metrics")
     class Metrics(View):
         async def get(self, request: Request) -> Response:
             return self.bytes(metrics.exposition(), content_type=CONTENT_TYPE)
 
+    health = wire_health(app, settings, metrics, facts_topic)
+
     @app.page("/health")
     class Health(View):
         async def get(self, request: Request) -> Response:
-            return self.json(
-                {"status": "ok", "model": classifier.name, "version": classifier.version}
-            )
+            status, body = health.answer(model=classifier.name, version=classifier.version)
+            return self.json(body, status=status)
 
     return app
 
 
-def wire_aggregates(app: faust.App, settings: Settings) -> faust.TopicT:
-    """The windowed-ratio side: facts topic -> table of key states -> aggregates topic + HTTP."""
+class WorkerHealth:
+    """What /health reports: the worker's phase (from Faust's rebalance state) and the latest
+    progress check of the partitions it consumes (offsets read from the broker)."""
+
+    def __init__(self, app: faust.App, stall_after_ms: int) -> None:
+        self.app = app
+        self.tracker = ProgressTracker(stall_after_ms=stall_after_ms)
+        self.report: list[PartitionProgress] | None = None
+        self.last_event_ms: int | None = None
+        self.newest_done_ms: dict[str, int] = {}  # input partition -> newest finished record's ts
+
+    def finished(self, records: Sequence[RawRecord], event_published_ms: int | None) -> None:
+        """A take's outputs were acknowledged (``event_published_ms``: when, if it had events)."""
+        newest = self.newest_done_ms
+        for record in records:
+            name = partition_name(record.topic, record.partition)
+            if record.timestamp_ms is not None:
+                newest[name] = max(newest.get(name, record.timestamp_ms), record.timestamp_ms)
+        if event_published_ms is not None:
+            self.last_event_ms = event_published_ms
+
+    def phase(self) -> Phase:
+        app = self.app
+        if app.should_stop:
+            return "stopping"
+        if app.rebalancing_count == 0:
+            return "starting"
+        return "recovering" if app.rebalancing else "running"
+
+    def answer(self, **extra: Any) -> tuple[int, dict[str, Any]]:
+        return health_answer(
+            self.phase(), self.report, last_event_ms=self.last_event_ms, extra=extra
+        )
+
+
+def wire_health(
+    app: faust.App, settings: Settings, metrics: WorkerMetrics, facts_topic: faust.TopicT
+) -> WorkerHealth:
+    """A timer that checks the progress of every input and facts partition this worker owns
+    (and tells the aggregate owners which input partitions it keeps up with), and the
+    rebalance metrics."""
+    input_topic = settings.topics.input_topic
+    facts_name = facts_topic.get_topic_name()
+    watched_topics = {input_topic, facts_name}
+    health = WorkerHealth(app, stall_after_ms=int(STALL_AFTER_S * 1000))
+    offsets: list[GroupOffsets] = []  # one reader, made on first use
+    assigned_at: list[float] = []
+
+    @app.on_partitions_assigned.connect
+    async def count_rebalance(sender: Any, /, *args: Any, **kwargs: Any) -> None:
+        metrics.rebalances.inc()
+        health.report = None  # a fresh check after every assignment
+        assigned_at[:] = [time.monotonic()]
+
+    @app.on_rebalance_complete.connect
+    async def time_recovery(sender: Any, /, *args: Any, **kwargs: Any) -> None:
+        if assigned_at:
+            metrics.recovery_seconds.observe(time.monotonic() - assigned_at.pop())
+
+    @app.timer(interval=PROGRESS_CHECK_S)  # type: ignore[untyped-decorator]
+    async def check_progress() -> None:
+        if health.phase() != "running":
+            return
+        owned = [
+            (tp.topic, tp.partition)
+            for tp in app.consumer.assignment()
+            if tp.topic in watched_topics
+        ]
+        if not offsets:
+            offsets.append(GroupOffsets(settings.kafka, settings.app_id))
+        loop = asyncio.get_running_loop()
+        try:
+            ends, committed = await loop.run_in_executor(None, offsets[0].read, owned)
+        except KafkaException as exc:
+            log.warning("progress check: offsets unavailable (%s)", exc)
+            return
+        now = now_ms()
+        report = health.tracker.observe(now, ends, committed)
+        stalled = health.tracker.newly_stalled(report)
+        for partition in stalled:
+            log.warning("partition %s stalled: records waiting, no progress", partition)
+        metrics.record_progress(report, stalled)
+        health.report = report
+        inputs = [p for p in report if p.partition.rpartition("/")[0] == input_topic]
+        current = current_partitions(
+            inputs, health.newest_done_ms, now, int(CURRENT_WITHIN_S * 1000)
+        )
+        if current:
+            record = current_record(current, now)
+            for facts_partition in range(settings.topics.input_partitions):
+                await _send(facts_topic, record, partition=facts_partition)
+
+    @app.on_before_shutdown.connect
+    def close_offsets(sender: Any, /, *args: Any, **kwargs: Any) -> None:
+        for reader in offsets:
+            reader.close()
+
+    return health
+
+
+def wire_aggregates(app: faust.App, settings: Settings) -> tuple[faust.TopicT, Aggregator]:
+    """The windowed-ratio side: facts topic -> table of key states -> aggregates topic + HTTP.
+    The per-key step is ``stream.core.aggregation.Aggregator``; this binds it to Faust."""
     topics = settings.topics
     policy = window_policy(settings)
     facts_topic = app.topic(
@@ -368,30 +359,16 @@ def wire_aggregates(app: faust.App, settings: Settings) -> faust.TopicT:
         # Faust's memory store keeps the keys of partitions a rebalance took away.
         store=PARTITIONED_MEMORY_STORE,
     )
-    throttle = UpdateThrottle(int(settings.aggregate_update_interval_s * 1000))
-    idle_after_ms = int(settings.idle_flush_s * 1000)
-    ticks_sent: dict[str, int] = {}
-
-    taken_over: set[str] = set()  # keys this worker resumed since its last rebalance
+    aggregator = Aggregator(
+        policy,
+        update_interval_ms=int(settings.aggregate_update_interval_s * 1000),
+        idle_after_ms=int(settings.idle_flush_s * 1000),
+        current_for_ms=int(CURRENT_BELIEVED_S * 1000),
+    )
 
     @app.on_rebalance_complete.connect
-    def forget_taken_over(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-        taken_over.clear()
-
-    def load(key: str) -> KeyState:
-        stored = states.get(key)
-        return KeyState.from_json(stored) if stored else KeyState(key)
-
-    def records_for(
-        state: KeyState, windows: Sequence[tuple[str, WindowCounts]], *, final: bool
-    ) -> list[OutRecord]:
-        out = []
-        for kind, window in windows:
-            key, value = window_record(
-                state, kind, window, policy, final=final, format_time=format_time_ms
-            )
-            out.append(OutRecord(key=key.encode(), value=orjson.dumps(value)))
-        return out
+    def forget_taken_over(sender: Any, /, *args: Any, **kwargs: Any) -> None:
+        aggregator.rebalanced()
 
     @app.agent(facts_topic)
     async def aggregate(stream: faust.StreamT[bytes]) -> None:
@@ -402,85 +379,25 @@ def wire_aggregates(app: faust.App, settings: Settings) -> faust.TopicT:
         # key's windows (seen on Apache Kafka in a restart test).
         stream.enable_acks = False
         async for event in stream.events():
-            key = str(orjson.loads(event.key or b'""'))
-            state = await fold_record(key, orjson.loads(event.value))
-            if state is not None:
-                states[key] = state.to_json()
+            key = str(orjson.loads(event.key)) if event.key else None
+            stored = states.get(key) if key is not None else None
+            step = aggregator.step(key, orjson.loads(event.value), stored, now_ms())
+            # Finals are acknowledged before the state that closed them is saved: a crash in
+            # between re-closes the window and publishes the same final again.
+            await asyncio.gather(*[await _send(aggregates_topic, r) for r in step.finals])
+            if step.state is not None:
+                states[key] = step.state
+            for record in step.updates:
+                await _send(aggregates_topic, record)
             await stream.ack(event)
-
-    async def fold_record(key: str, value: dict[str, Any]) -> KeyState | None:
-        """Fold one facts record (or tick) into its key's state; returns the state to save, or
-        None when nothing changed."""
-        state = load(key)
-        now = now_ms()
-        # Taking the key over changes its state even when nothing else does: it is saved then.
-        resumed = key not in taken_over
-        if resumed:
-            taken_over.add(key)
-            resume_partitions(state, now)
-        if "tick" not in value:
-            # A record lists a batch's facts for this key (a bare fact: older workers).
-            for fact in value.get("facts", [value]):
-                result = fold_event(state, fact_from(key, fact), policy, now)
-                if not result.duplicate:
-                    await publish_windows(key, state, result.closed, result.updated, now)
-            return state
-        # Time passes without facts: silent partitions may have gone idle (stream time moves
-        # on), or the whole key has (idle flush closes its windows).
-        ticks_sent.pop(key, None)
-        if not state.has_open_windows():
-            return state if resumed else None
-        advance_stream_time(state, policy, now)
-        closed = close_due(state, policy)
-        if now - state.last_event_wall_ms >= idle_after_ms:
-            closed += close_idle(state, policy)
-        if not closed:
-            return state if resumed else None
-        await publish_windows(key, state, closed, [], now)
-        return state
-
-    async def publish_windows(
-        key: str,
-        state: KeyState,
-        closed: Sequence[tuple[str, WindowCounts]],
-        updated: Sequence[tuple[str, WindowCounts]],
-        now: int,
-    ) -> None:
-        closed_ids = [(key, kind, w.start_ms) for kind, w in closed]
-        throttle.forget(closed_ids)
-        due_now = [(kind, w) for kind, w in updated if throttle.offer((key, kind, w.start_ms), now)]
-        # Finals are published and acknowledged before the state that closed them is saved:
-        # a crash in between re-closes the window and publishes the same final again.
-        pending = [
-            await _send(aggregates_topic, record)
-            for record in records_for(state, closed, final=True)
-        ]
-        await asyncio.gather(*pending)
-        for record in records_for(state, due_now, final=False):
-            await _send(aggregates_topic, record)
 
     @app.timer(interval=max(settings.aggregate_update_interval_s, 0.1))  # type: ignore[untyped-decorator]
     async def publish_held_updates() -> None:
         now = now_ms()
-        for key, kind, start in throttle.due(now):
-            stored = states.get(key)
-            if not stored:
-                continue
-            state = KeyState.from_json(stored)
-            window = state.open.get(kind, {}).get(start)
-            if window is not None:
-                for record in records_for(state, [(kind, window)], final=False):
-                    await _send(aggregates_topic, record)
-        # Quiet keys with open windows get a tick through their own partition (so it is ordered
-        # with the key's facts): its owner re-evaluates stream time and the idle flush.
-        tick_every_ms = min(idle_after_ms, policy.partition_idle_ms)
-        for key, stored in list(states.items()):
-            if not stored or not KeyState.stored_has_open_windows(stored):
-                continue
-            quiet_for = now - int(stored["last_event_wall_ms"])
-            if quiet_for >= tick_every_ms and now - ticks_sent.get(key, 0) >= tick_every_ms:
-                ticks_sent[key] = now
-                await facts_topic.send(key=fact_key(key), value=orjson.dumps({"tick": now}))
+        for record in aggregator.held_updates(now, states.get):
+            await _send(aggregates_topic, record)
+        for record in aggregator.ticks_due(now, list(states.items())):
+            await _send(facts_topic, record)
 
     @app.page("/aggregates/keys")
     class AggregateKeys(View):
@@ -491,50 +408,19 @@ def wire_aggregates(app: faust.App, settings: Settings) -> faust.TopicT:
     @app.page("/aggregates")
     class Aggregates(View):
         async def get(self, request: Request) -> Response:
-            query = request.query
-            key = query.get("key")
-            kind = query.get("window", "tumbling")
-            last = query.get("last", "10")
-            problem = None
-            if not key:
-                problem = "query parameter 'key' is required (see /aggregates/keys)"
-            elif kind not in WINDOW_KINDS:
-                problem = f"'window' must be one of {', '.join(WINDOW_KINDS)}, got {kind!r}"
-            elif not last.isdigit() or not 0 <= int(last) <= 1000:
-                problem = f"'last' must be an integer from 0 to 1000, got {last!r}"
-            if problem is not None:
-                return self.json({"error": problem}, status=400)
-            assert key is not None
+            query = parse_aggregates_query(request.query)
+            if isinstance(query, str):
+                return self.json({"error": query}, status=400)
             try:  # the key's state lives on the worker that owns its partition: ask it
-                return await app.router.route_req(states.name, key, self.web, request)
+                return await app.router.route_req(states.name, query.key, self.web, request)
             except SameNode:
                 pass
-            stored = states.get(key)
+            stored = states.get(query.key)
             if not stored:
-                return self.json({"error": f"no aggregates for key {key!r}"}, status=404)
-            state = KeyState.from_json(stored)
-            current = sorted(state.open.get(kind, {}).values(), key=lambda w: w.start_ms)
-            closed = state.closed.get(kind, [])[-int(last) :] if int(last) else []
-            return self.json(
-                {
-                    "key": key,
-                    "window": kind,
-                    "late_events": state.late.get(kind, 0),
-                    "stream_time": None
-                    if state.stream_time_ms is None
-                    else format_time_ms(state.stream_time_ms),
-                    "current": [_window_view(state, kind, w, policy, final=False) for w in current],
-                    "closed": [_window_view(state, kind, w, policy, final=True) for w in closed],
-                }
-            )
+                return self.json({"error": f"no aggregates for key {query.key!r}"}, status=404)
+            return self.json(aggregates_view(stored, query, policy))
 
-    return facts_topic
-
-
-def _window_view(
-    state: KeyState, kind: str, window: WindowCounts, policy: WindowPolicy, *, final: bool
-) -> dict[str, Any]:
-    return window_record(state, kind, window, policy, final=final, format_time=format_time_ms)[1]
+    return facts_topic, aggregator
 
 
 async def finish(work: asyncio.Future[None]) -> None:
@@ -565,5 +451,7 @@ def _exit_unpublished(exc: BaseException) -> None:
     os._exit(EXIT_UNPUBLISHED)
 
 
-async def _send(topic: faust.TopicT, record: OutRecord) -> Any:
-    return await topic.send(key=record.key, value=record.value, headers=record.headers or None)
+async def _send(topic: faust.TopicT, record: OutRecord, partition: int | None = None) -> Any:
+    return await topic.send(
+        key=record.key, value=record.value, headers=record.headers or None, partition=partition
+    )

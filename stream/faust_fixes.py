@@ -12,6 +12,8 @@ from typing import Any
 from faust.stores import STORES
 from faust.stores.memory import Store as MemoryStore
 from faust.streams import current_event
+from faust.tables import TableManager
+from faust.tables.recovery import Recovery
 from faust.types import TP, EventT
 from yarl import URL
 
@@ -70,3 +72,52 @@ class PartitionedMemoryStore(MemoryStore[Any, Any]):
 STORES.aliases[URL(PARTITIONED_MEMORY_STORE).scheme] = (
     f"{__name__}:{PartitionedMemoryStore.__name__}"
 )
+
+
+class SeekBeforeDeliveryRecovery(Recovery):
+    """Faust's recovery, with delivery stopped while the streams are seeked to committed offsets.
+
+    faust-streaming 0.15.3 ``Recovery.on_recovery_completed`` (and ``_resume_streams``, used when
+    an app has no tables) resumes the stream partitions, then awaits ``consumer.perform_seek()``
+    (one committed-offset request per partition), and only then calls
+    ``app.flow_control.resume()``, which *clears* every stream's channel queue. The consumer's
+    flow is already active (table recovery resumed it), so records fetched during the seek are
+    delivered into those queues and then discarded. For a partition whose seek came before that
+    fetch, the fetch position has moved past the discarded records: they are never fetched
+    again, and the next acked offset commits past them. Seen on Apache Kafka and the embedded
+    broker as a facts record (or an input record) that a restarted worker never processed: a
+    window undercounted with ``late_events`` 0, or an input partition with lag and no progress.
+    (Related upstream reports: faust-streaming #175, #596, #629.)
+
+    The fix stops the consumer's flow before the partitions are resumed: nothing is fetched or
+    delivered until the seek is done; whatever was queued before it is cleared by Faust as
+    before and fetched again from the committed offsets.
+    """
+
+    async def on_recovery_completed(self, generation_id: int = 0) -> None:
+        self.app.consumer.stop_flow()
+        await super().on_recovery_completed(generation_id)
+
+    async def _resume_streams(self, generation_id: int = 0) -> None:
+        self.app.consumer.stop_flow()
+        await super()._resume_streams(generation_id)
+
+
+class SeekBeforeDeliveryTableManager(TableManager):
+    """Faust's table manager with :class:`SeekBeforeDeliveryRecovery` as its recovery service
+    (``faust.App(TableManager=...)``; Faust builds the recovery inside this property)."""
+
+    fixed_recovery: Recovery | None = None
+
+    @property
+    def recovery(self) -> Recovery:
+        if self.fixed_recovery is None:
+            self.fixed_recovery = SeekBeforeDeliveryRecovery(
+                self.app, self, beacon=self.beacon, loop=self.loop
+            )
+        return self.fixed_recovery
+
+    async def on_stop(self) -> None:
+        await super().on_stop()
+        if self.fixed_recovery is not None:
+            await self.fixed_recovery.stop()

@@ -22,6 +22,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from stream.core.health import PartitionProgress
 from stream.core.pipeline import BatchOutcome
 from stream.core.records import RawRecord
 
@@ -136,6 +137,29 @@ class WorkerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.consumer_lag = Gauge(
+            "sentistream_consumer_lag",
+            "Records waiting past the group's committed offset, per consumed partition.",
+            ["partition"],
+            registry=registry,
+        )
+        self.rebalances = Counter(
+            "sentistream_rebalances",
+            "Partition assignments this worker received.",
+            registry=registry,
+        )
+        self.recovery_seconds = Histogram(
+            "sentistream_recovery_seconds",
+            "From a partition assignment to the worker consuming again (table recovery).",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.stalls = Counter(
+            "sentistream_stalls",
+            "Times a partition had records waiting and no progress for the stall limit.",
+            ["partition"],
+            registry=registry,
+        )
         self._real = 0
         self._padded = 0
 
@@ -164,6 +188,16 @@ class WorkerMetrics:
         for record in records:
             if record.timestamp_ms is not None and record.timestamp_ms > 0:
                 self.end_to_end_latency.observe(max(0, published_ms - record.timestamp_ms) / 1000)
+
+    def record_progress(
+        self, report: Sequence[PartitionProgress], newly_stalled: Sequence[str]
+    ) -> None:
+        """Lag per partition from one progress check; partitions no longer assigned drop out."""
+        self.consumer_lag.clear()
+        for progress in report:
+            self.consumer_lag.labels(progress.partition).set(progress.lag)
+        for partition in newly_stalled:
+            self.stalls.labels(partition).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

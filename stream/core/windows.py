@@ -12,9 +12,10 @@ Time rules: a window ``[start, start + size)`` closes when the key's stream time
 orders records within a partition only, and one worker may read a partition far ahead of another,
 so the key's stream time is the *lowest* of its input partitions' highest event times (as a
 watermark is in Flink), and it never goes back. A partition that has sent the key nothing for
-``partition_idle_ms`` of wall time (or never, since the key appeared) stops holding it back, so a
-key fed by one partition (a chat room keyed by channel) still advances. With one input partition
-this is simply the highest event time seen.
+``partition_idle_ms`` of wall time (or never, since the key appeared) while its scorer keeps up
+stops holding it back, so a key fed by one partition (a chat room keyed by channel) still
+advances; a partition that is behind, or whose owner is down, keeps holding it back. With one
+input partition this is simply the highest event time seen.
 
 An event for a closed window is *late*: it is not counted there and adds one to ``late_events`` of
 that window kind. Out-of-order events within grace count in their own window. An idle flush (wall
@@ -23,7 +24,7 @@ clock, decided by the caller) closes every open window of a key.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -241,8 +242,15 @@ def is_closed(window_end_ms: int, grace_ms: int, stream_time_ms: int | None) -> 
     return stream_time_ms is not None and stream_time_ms >= window_end_ms + grace_ms
 
 
-def fold_event(state: KeyState, fact: ScoredFact, policy: WindowPolicy, now_ms: int) -> FoldResult:
-    """Count ``fact`` into ``state`` (in place); returns what changed and what closed."""
+def fold_event(
+    state: KeyState,
+    fact: ScoredFact,
+    policy: WindowPolicy,
+    now_ms: int,
+    current: Collection[str] | None = None,
+) -> FoldResult:
+    """Count ``fact`` into ``state`` (in place); returns what changed and what closed.
+    ``current``: as for :func:`advance_stream_time`."""
     result = FoldResult()
     if fact.offset <= state.offsets.get(fact.origin, -1):
         result.duplicate = True
@@ -271,22 +279,31 @@ def fold_event(state: KeyState, fact: ScoredFact, policy: WindowPolicy, now_ms: 
     if state.created_wall_ms is None:
         state.created_wall_ms = now_ms
     state.origins = sorted(set(state.origins) | set(fact.origins) | {fact.origin})
-    advance_stream_time(state, policy, now_ms)
+    advance_stream_time(state, policy, now_ms, current)
     result.closed = close_due(state, policy)
     return result
 
 
-def advance_stream_time(state: KeyState, policy: WindowPolicy, now_ms: int) -> None:
+def advance_stream_time(
+    state: KeyState, policy: WindowPolicy, now_ms: int, current: Collection[str] | None = None
+) -> None:
     """Stream time := max(itself, lowest highest-event-time over the partitions still active).
 
     An active partition that has not sent anything yet holds stream time where it is: its
     first records may be older than everything seen so far.
+
+    Idle means *caught up and quiet*: silent towards this key for ``partition_idle_ms`` and,
+    when ``current`` is given, reported as keeping up (its scorer had no backlog). A partition
+    whose owner is down, recovering or behind sends no such report, so it keeps holding stream
+    time back however long it is silent: its backlog may hold this key's events. ``current``
+    None treats every silent partition as caught up (no reports available).
     """
     active_times: list[int] = []
     appeared = now_ms if state.created_wall_ms is None else state.created_wall_ms
     for origin in state.origins or list(state.partition_times):
         last_seen = state.partition_seen_ms.get(origin, appeared)
-        if now_ms - last_seen >= policy.partition_idle_ms:
+        caught_up = current is None or origin in current
+        if caught_up and now_ms - last_seen >= policy.partition_idle_ms:
             continue
         if origin not in state.partition_times:
             return

@@ -31,11 +31,6 @@ from tests.conftest import Collector, Outputs, WorkerFactory
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
-# Open bug (issue 10; README "Recovery after a restart"): after a restart, a window can miss facts
-# (both brokers) and on the embedded broker a message can stay unscored. So this test may rerun
-# (pytest-rerunfailures): it must still pass on one of its runs.
-RESTART_RERUNS = pytest.mark.flaky(reruns=2)
-
 T0 = 1_763_632_800_000  # 2025-11-20T10:00:00Z, a multiple of 300 s
 TUMBLING_MS, HOPPING_MS, HOP_MS, GRACE_MS = 60_000, 300_000, 60_000, 30_000
 FLUSH_AT = T0 + 3_600_000
@@ -269,7 +264,6 @@ def test_windows_are_exact_on_the_topic_and_over_http(
     assert http_get(worker, "/aggregates?key=source%3Dnowhere")[0] == 404
 
 
-@RESTART_RERUNS
 def test_windows_stay_exact_across_a_worker_restart(
     kafka: KafkaSettings,
     topics: TopicSettings,

@@ -15,13 +15,7 @@ from tests.conftest import Collector, WorkerFactory
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
-# Open bug (issue 10; README "Recovery after a restart"): after a restart, a window can miss facts
-# (both brokers) and on the embedded broker a message can stay unscored. So this test may rerun
-# (pytest-rerunfailures): it must still pass on one of its runs.
-RESTART_RERUNS = pytest.mark.flaky(reruns=2)
 
-
-@RESTART_RERUNS
 def test_a_crashed_worker_loses_nothing_after_restart(
     kafka: KafkaSettings,
     topics: TopicSettings,
