@@ -135,6 +135,7 @@ class BrokerProcess:
     def stop(self, timeout: float = 30.0) -> None:
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGCONT)  # a paused broker cannot act on SIGTERM
             process.send_signal(signal.SIGTERM)
             try:
                 process.wait(timeout)
@@ -149,6 +150,16 @@ class BrokerProcess:
         if self._process is not None and self._process.poll() is None:
             self._process.kill()
             self._process.wait(10)
+
+    def pause(self) -> None:
+        """SIGSTOP: an unresponsive broker that keeps its data and connections (chaos runs)."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGCONT)
 
     def terminate(self) -> None:
         """Ask the broker to stop without waiting (safe to call from a signal handler)."""

@@ -50,14 +50,17 @@ def consumer_config(kafka: KafkaSettings, group_id: str, **extra: Any) -> dict[s
     return config
 
 
-def faust_settings(kafka: KafkaSettings) -> dict[str, Any]:
-    """Keyword arguments for ``faust.App``: brokers, credentials and profile tuning."""
+def faust_settings(kafka: KafkaSettings, session_timeout_s: float | None = None) -> dict[str, Any]:
+    """Keyword arguments for ``faust.App``: brokers, credentials and profile tuning;
+    ``session_timeout_s`` applies on Apache Kafka (the embedded profile has its own)."""
     brokers = [f"kafka://{server.strip()}" for server in kafka.bootstrap_servers.split(",")]
     settings: dict[str, Any] = {
         "broker": brokers,
         "consumer_auto_offset_reset": "earliest",
         "producer_acks": -1,
     }
+    if session_timeout_s is not None and not kafka.embedded:
+        settings["broker_session_timeout"] = session_timeout_s
     credentials = _faust_credentials(kafka)
     if credentials is not None:
         settings["broker_credentials"] = credentials

@@ -119,8 +119,9 @@ def create_app(settings: Settings, classifier: Classifier) -> faust.App:
         # Standby replicas would run the aggregate timers on copies they do not own.
         table_standby_replicas=0,
         TableManager=SeekBeforeDeliveryTableManager,
+        consumer_group_instance_id=settings.group_instance_id,
         topic_replication_factor=settings.topics.replication_factor,
-        **faust_settings(settings.kafka),
+        **faust_settings(settings.kafka, settings.session_timeout_s),
     )
     if settings.kafka.embedded:
         shorten_faust_fetch_wait(EMBEDDED_FETCH_MAX_WAIT_MS)

@@ -255,6 +255,18 @@ def positive(kind: Callable[[str], Number]) -> Callable[[str], Number]:
     return parse
 
 
+def chaos_arguments(parser: argparse.ArgumentParser) -> None:
+    from bench.chaos import add_arguments
+
+    add_arguments(parser)
+
+
+def cmd_chaos(args: argparse.Namespace) -> int:
+    from bench.chaos import run_from_args
+
+    return run_from_args(args)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from bench.run import CPU_BACKENDS, BenchOptions, render, run_bench, write_json
 
@@ -630,6 +642,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", default="bench-results.json", help="where to write the JSON")
     bench.add_argument("--markdown", help="also write the table to this file")
     bench.set_defaults(handler=cmd_bench)
+
+    chaos = commands.add_parser(
+        "chaos",
+        help="chaos run: crashes, restarts, a joining worker and a paused broker under load",
+        description="A broker and workers under a steady stream with fuzzed bad records while "
+        "workers are SIGKILLed and restarted, a second worker joins and leaves, and the broker "
+        "is paused; prints a table (and --json) of lost, duplicated and dead-lettered records, "
+        "exact windows and stalls. Exit 1 when anything was lost or a closed window is wrong.",
+    )
+    chaos_arguments(chaos)
+    chaos.set_defaults(handler=cmd_chaos)
 
     demo = commands.add_parser("demo", help="broker + worker + sample messages, end to end")
     demo.add_argument(

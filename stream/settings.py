@@ -112,6 +112,8 @@ class Settings(BaseSettings):
     aggregate_update_interval_s: float = Field(default=1.0, ge=0)
     idle_flush_s: float = Field(default=30, gt=0)
     partition_idle_s: float = Field(default=30, gt=0)
+    group_instance_id: str | None = None
+    session_timeout_s: float = Field(default=10, gt=0, le=300)
     web_port: int = Field(default=6066, ge=0, le=65535)
     web_url: str | None = None
     data_dir: Path = Path(".sentistream-data")

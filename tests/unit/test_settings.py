@@ -274,6 +274,14 @@ def test_faust_settings_on_kafka_apply_no_workarounds() -> None:
     assert settings["producer_acks"] == -1
 
 
+def test_the_session_timeout_setting_applies_on_kafka_only() -> None:
+    assert Settings.from_env().session_timeout_s == 10
+    on_kafka = faust_settings(kafka_settings(BrokerProfile.KAFKA), session_timeout_s=10)
+    assert on_kafka["broker_session_timeout"] == 10
+    on_embedded = faust_settings(kafka_settings(BrokerProfile.EMBEDDED), session_timeout_s=10)
+    assert on_embedded["broker_session_timeout"] == 6
+
+
 @pytest.mark.parametrize(
     ("servers", "brokers"),
     [
