@@ -1,8 +1,8 @@
 """A CI-sized chaos run (bench/chaos.py) on each broker: a steady stream with fuzzed bad records
 while the worker is SIGKILLed twice (restarted at once), a second worker joins and is SIGKILLed
-(the first takes its partitions over), and the broker is paused for 20 s. Nothing may be lost, every bad record must be dead-lettered with
-its reason, every closed window must be exact, and no input partition may have lag without
-progress for more than 30 s."""
+(the first takes its partitions over), and the broker is paused for 20 s. Nothing may be lost,
+every bad record must be dead-lettered with its reason, every closed window must be exact, and
+no input partition may have lag without progress for more than 30 s."""
 
 from __future__ import annotations
 
