@@ -20,6 +20,8 @@ import json
 import random
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from confluent_kafka import KafkaException
 
 from connectors.admin import ensure_topics, pipeline_topics
 from connectors.broker import BrokerProcess, EmbeddedBroker, KafkaBroker, free_port
@@ -419,8 +422,12 @@ class Harness:
                 else:
                     entry["exit_code"] = worker.stop()
                 t0 = time.time_ns() // 1_000_000
+                restarted = time.monotonic()
                 self.start_worker("a")
                 entry["first_event_after_s"] = self.first_event_after(t0)
+                # The next disruption waits until the worker has caught up (committed what was
+                # there at the restart): crashes that come faster than recovery never end.
+                entry["caught_up_after_s"] = self.caught_up_after(restarted)
             elif step.kind == "join":
                 self.start_worker("b")
             elif step.kind in ("leave", "kill_b"):
@@ -431,8 +438,7 @@ class Harness:
                     worker = self.workers.pop("b")
                     if step.kind == "kill_b":
                         worker.kill()
-                        t0 = time.time_ns() // 1_000_000
-                        entry["first_event_after_s"] = self.first_event_after(t0)
+                        entry["caught_up_after_s"] = self.caught_up_after(time.monotonic())
                     else:
                         entry["exit_code"] = worker.stop()
             elif step.kind == "pause":
@@ -462,13 +468,30 @@ class Harness:
             time.sleep(0.1)
         return None
 
+    def wait_until_healthy(self, worker: WorkerProcess, timeout_s: float = 300.0) -> None:
+        """The stream starts once the first worker's /health says 200 (model loaded, partitions
+        assigned, progress checked), so its start-up is not counted as a stall."""
+        port = self.ports["a"]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if worker.exit_code() is not None:
+                raise RuntimeError(f"worker exited:\n{worker.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
+                    return
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.5)
+        raise RuntimeError(f"worker not healthy within {timeout_s:.0f} s:\n{worker.log_tail()}")
+
     def caught_up_after(self, since: float, timeout_s: float = 180.0) -> float | None:
         """Seconds from ``since`` until the group has committed, on every input partition,
         everything that partition held at ``since`` (None: not within ``timeout_s``)."""
         reader = GroupOffsets(self.kafka, f"{self.app_id}-probe")
         partitions = [(self.topics.input_topic, p) for p in range(PARTITIONS)]
         try:
-            ends, _ = reader.read(partitions, timeout=30.0)
+            ends, _ = reader.read(partitions, timeout=60.0)
+        except KafkaException:
+            return None
         finally:
             reader.close()
         deadline = since + timeout_s
@@ -563,7 +586,7 @@ def run_chaos(opts: ChaosOptions, say: Callable[[str], None] = print) -> dict[st
         ]
         for thread in readers:
             thread.start()
-        harness.start_worker("a")
+        harness.wait_until_healthy(harness.start_worker("a"))
         started = time.monotonic()
         producer = threading.Thread(target=harness.produce, args=(inputs, started), daemon=True)
         producer.start()
@@ -636,6 +659,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--terms", type=int, default=defaults.terms, help="SIGTERM + restart")
     parser.add_argument(
         "--joins", type=int, default=defaults.joins, help="second worker joins, leaves"
+    )
+    parser.add_argument(
+        "--join-kills", type=int, default=defaults.join_kills, help="second worker joins, SIGKILLed"
     )
     parser.add_argument(
         "--pauses", type=int, default=defaults.pauses, help="broker SIGSTOP/SIGCONT"

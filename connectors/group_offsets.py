@@ -6,16 +6,43 @@ worker uses it for /health and the lag metrics, the chaos harness to watch worke
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from connectors.clients import consumer_config
 from stream.settings import KafkaSettings
 
+LEADER_NOT_YET = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError._UNKNOWN_PARTITION,
+    }
+)
+
 
 def partition_name(topic: str, partition: int) -> str:
     return f"{topic}/{partition}"
+
+
+def end_offset(consumer: Consumer, tp: TopicPartition, timeout: float) -> int:
+    """The partition's end offset. A topic just created may not have a leader yet (Apache Kafka
+    answers NOT_LEADER_FOR_PARTITION for a moment), and a fresh client or a broker just resumed
+    may not know the partition yet: those and other retriable errors are retried until
+    ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+            return int(high)
+        except KafkaException as exc:
+            error = exc.args[0]
+            settling = error.code() in LEADER_NOT_YET or error.retriable()
+            if not settling or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
 
 
 class GroupOffsets:
@@ -32,9 +59,7 @@ class GroupOffsets:
         does not answer within ``timeout``."""
         tps = [TopicPartition(topic, partition) for topic, partition in partitions]
         ends = {
-            partition_name(tp.topic, tp.partition): self._consumer.get_watermark_offsets(
-                tp, timeout=timeout
-            )[1]
+            partition_name(tp.topic, tp.partition): end_offset(self._consumer, tp, timeout)
             for tp in tps
         }
         committed: dict[str, int | None] = {

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import Protocol
 
 import orjson
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, TopicPartition
@@ -40,7 +40,7 @@ from tqdm import tqdm
 from connectors.admin import ensure_topics
 from connectors.clients import consumer_config
 from connectors.producer import RecordProducer
-from stream.core.pipeline import Classifier, PipelineConfig, process_batch
+from stream.core.pipeline import Classifier, OutRecord, PipelineConfig, process_batch
 from stream.core.records import RawRecord
 from stream.core.replay_plan import (
     CheckedRecord,
@@ -286,21 +286,11 @@ def plan_replay(reader: SourceReader, request: ReplayRequest) -> dict[int, Parti
 # --- output: re-feed, or score ------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, Any]] | None = None
-    timestamp_ms: int | None = None
-    partition: int | None = None
-
-
 @dataclass
 class ChunkOutput:
     """What a chunk's in-range records became, with counts per source partition."""
 
-    records: list[Outgoing] = field(default_factory=list)
+    records: list[OutRecord] = field(default_factory=list)
     produced: Counter[int] = field(default_factory=Counter)
     dead_lettered: Counter[int] = field(default_factory=Counter)
 
@@ -322,11 +312,11 @@ class Refeed:
         for message in records:
             partition = int(message.partition())
             out.records.append(
-                Outgoing(
-                    self.topic,
+                OutRecord(
                     message.key(),
                     message.value(),
-                    headers=message.headers(),
+                    headers=message.headers() or [],
+                    topic=self.topic,
                     timestamp_ms=_timestamp(message),
                     partition=partition if partition < self.partitions else None,
                 )
@@ -362,10 +352,10 @@ class Backfill:
         for partition, raws in sorted(by_partition.items()):
             outcome = process_batch(raws, self.classifier, self.config, self.now_ms)
             for record in outcome.event_records():
-                out.records.append(Outgoing(self.events_topic, record.key, record.value))
+                out.records.append(OutRecord(record.key, record.value, topic=self.events_topic))
             for record in outcome.dead_letters:
                 out.records.append(
-                    Outgoing(self.deadletter_topic, record.key, record.value, record.headers)
+                    OutRecord(record.key, record.value, record.headers, topic=self.deadletter_topic)
                 )
             out.produced[partition] += len(outcome.events)
             out.dead_lettered[partition] += len(outcome.dead_letters)
@@ -661,15 +651,16 @@ def _outputs_in_range(
     return transform.outputs(in_range)
 
 
-def _produce(producer: RecordProducer, records: Sequence[Outgoing]) -> None:
+def _produce(producer: RecordProducer, records: Sequence[OutRecord]) -> None:
     """Send and wait for every acknowledgement; raise if any record was not acknowledged."""
     failed_before = producer.report.failed
     for record in records:
+        assert record.topic is not None, "replay outputs name their topic"
         producer.send(
             record.topic,
             record.value,
             key=record.key,
-            headers=record.headers,
+            headers=record.headers or None,
             timestamp_ms=record.timestamp_ms,
             partition=record.partition,
         )

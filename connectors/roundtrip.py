@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from connectors.clients import consumer_config
+from connectors.group_offsets import end_offset
 from connectors.producer import RecordProducer
 from stream.core.codec import HEADER_REASON
 from stream.settings import KafkaSettings, TopicSettings
@@ -113,35 +114,9 @@ def _end_offsets(consumer: Consumer, names: Sequence[str]) -> list[TopicPartitio
                 f"and point SENTISTREAM_EVENTS_TOPIC/SENTISTREAM_DEADLETTER_TOPIC at its topics"
             )
         for partition in sorted(metadata.partitions):
-            high = _end_offset(consumer, TopicPartition(name, partition))
+            high = end_offset(consumer, TopicPartition(name, partition), METADATA_TIMEOUT_S)
             assignment.append(TopicPartition(name, partition, high))
     return assignment
-
-
-LEADER_NOT_YET = frozenset(
-    {
-        KafkaError.NOT_LEADER_FOR_PARTITION,
-        KafkaError.LEADER_NOT_AVAILABLE,
-        KafkaError._UNKNOWN_PARTITION,
-    }
-)
-
-
-def _end_offset(consumer: Consumer, tp: TopicPartition) -> int:
-    """The partition's end offset. A topic the worker has just created may not have a leader
-    yet (Apache Kafka answers NOT_LEADER_FOR_PARTITION for a moment): retriable errors are
-    retried until the metadata timeout."""
-    deadline = time.monotonic() + METADATA_TIMEOUT_S
-    while True:
-        try:
-            _low, high = consumer.get_watermark_offsets(tp, timeout=METADATA_TIMEOUT_S)
-            return int(high)
-        except KafkaException as exc:
-            error = exc.args[0]
-            settling = error.code() in LEADER_NOT_YET or error.retriable()
-            if not settling or time.monotonic() >= deadline:
-                raise
-            time.sleep(0.2)
 
 
 def _send(kafka: KafkaSettings, topic: str, messages: Sequence[tuple[str, bytes]]) -> None:

@@ -40,11 +40,16 @@ class PipelineConfig:
 
 @dataclass(frozen=True, slots=True)
 class OutRecord:
-    """A record to publish: key, value and headers, all bytes."""
+    """A record to publish, all bytes: the worker's events, dead letters, facts and windows, and
+    the replay's outputs. ``topic`` None: the caller's topic; ``partition`` None: by key;
+    ``timestamp_ms`` None: the time it is sent; ``value`` None: a tombstone (replayed as read)."""
 
     key: bytes | None
-    value: bytes
+    value: bytes | None
     headers: list[tuple[str, bytes]] = field(default_factory=list)
+    topic: str | None = None
+    timestamp_ms: int | None = None
+    partition: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,7 +51,7 @@ def facts(*items: dict[str, Any]) -> dict[str, Any]:
 
 
 def decode(records: list[Any]) -> list[dict[str, Any]]:
-    return [orjson.loads(r.value) for r in records]
+    return [orjson.loads(r.value or b"") for r in records]
 
 
 def tumbling(records: list[Any]) -> list[tuple[str, dict[str, int]]]:
@@ -88,7 +88,7 @@ def test_finals_come_with_the_state_that_closed_them_and_duplicates_count_once()
 
 def test_a_tick_without_open_windows_changes_nothing_once_the_key_is_taken_over() -> None:
     agg = aggregator()
-    taken = agg.step("all", orjson.loads(tick_record("all", NOW).value), None, NOW)
+    taken = agg.step("all", orjson.loads(tick_record("all", NOW).value or b""), None, NOW)
     assert taken.state is not None  # taking the key over is saved
     assert agg.step("all", {"tick": NOW + 1}, taken.state, NOW + 1).state is None
     agg.rebalanced()
@@ -103,7 +103,8 @@ def test_a_partition_with_a_silent_owner_holds_windows_open_until_its_backlog_ar
     for p in range(4):
         state = agg.step("all", facts(fact(T0 + 1_000, "POSITIVE", p, 0)), state, NOW).state
     later = NOW + 40_000  # past partition_idle_ms (30 s)
-    agg.step(None, orjson.loads(current_record(["in/0", "in/2", "in/3"], later).value), None, later)
+    report = orjson.loads(current_record(["in/0", "in/2", "in/3"], later).value or b"")
+    agg.step(None, report, None, later)
     step = agg.step("all", facts(fact(T0 + 90_000, "NEGATIVE", 0, 1)), state, later)
     assert step.finals == []  # partition 1 is silent but not current: no window closes
     step = agg.step("all", facts(fact(T0 + 5_000, "NEGATIVE", 1, 1)), step.state, later + 1)
@@ -111,7 +112,7 @@ def test_a_partition_with_a_silent_owner_holds_windows_open_until_its_backlog_ar
     step = agg.step("all", facts(fact(T0 + 90_000, "NEGATIVE", 1, 2)), step.state, later + 2)
     finals = tumbling(step.finals)
     assert finals == [("2025-11-20T10:00:00.000Z", {"POSITIVE": 4, "NEGATIVE": 1})]
-    assert orjson.loads(step.finals[0].value)["late_events"] == 0
+    assert orjson.loads(step.finals[0].value or b"")["late_events"] == 0
 
 
 def test_a_key_fed_by_one_partition_advances_once_the_others_are_reported_current() -> None:
@@ -120,7 +121,7 @@ def test_a_key_fed_by_one_partition_advances_once_the_others_are_reported_curren
     later = NOW + 40_000
     step = agg.step("chat", facts(fact(T0 + 90_000, "POSITIVE", 2, 1)), state, later)
     assert step.finals == []  # nothing known about partitions 0, 1 and 3
-    report = orjson.loads(current_record(["in/0", "in/1", "in/3"], later).value)
+    report = orjson.loads(current_record(["in/0", "in/1", "in/3"], later).value or b"")
     assert agg.step(None, report, None, later).state is None
     step = agg.step("chat", facts(fact(T0 + 91_000, "POSITIVE", 2, 2)), step.state, later + 1)
     assert tumbling(step.finals) == [("2025-11-20T10:00:00.000Z", {"POSITIVE": 1, "NEGATIVE": 0})]
@@ -143,7 +144,7 @@ def test_held_updates_and_ticks_for_quiet_keys() -> None:
     assert tumbling(agg.held_updates(NOW + 1_010, stored.get))[0][1]["POSITIVE"] == 2
     assert agg.ticks_due(NOW + 1_000, stored.items()) == []
     ticks = agg.ticks_due(NOW + 30_010, stored.items())
-    assert [(t.key, orjson.loads(t.value)) for t in ticks] == [
+    assert [(t.key, orjson.loads(t.value or b"")) for t in ticks] == [
         (fact_key("all"), {"tick": NOW + 30_010})
     ]
     assert agg.ticks_due(NOW + 30_020, stored.items()) == []  # one tick per interval
