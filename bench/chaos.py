@@ -622,7 +622,8 @@ def run_chaos(opts: ChaosOptions, say: Callable[[str], None] = print) -> dict[st
 def render(result: Mapping[str, Any]) -> str:
     rows = [f"chaos run on {result['broker']}: disruptions"]
     rows.append(
-        f"{'at s':>7}  {'kind':<6} {'first event after (s)':>22} {'worst stall so far (s)':>23}"
+        f"{'at s':>7}  {'kind':<6} {'first event after (s)':>22} {'caught up after (s)':>20} "
+        f"{'worst stall so far (s)':>23}"
     )
     for entry in result["disruptions"]:
         first = entry.get("first_event_after_s")

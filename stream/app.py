@@ -315,7 +315,14 @@ def wire_health(
         report = health.tracker.observe(now, ends, committed)
         stalled = health.tracker.newly_stalled(report)
         for partition in stalled:
-            log.warning("partition %s stalled: records waiting, no progress", partition)
+            log.warning(
+                "partition %s stalled: records waiting, no progress (consumer flow active %s, "
+                "flow control active %s, assigned %d partitions)",
+                partition,
+                getattr(app.consumer, "flow_active", None),  # on Faust's Consumer, not ConsumerT
+                app.flow_control.is_active(),
+                len(app.consumer.assignment()),
+            )
         metrics.record_progress(report, stalled)
         health.report = report
         inputs = [p for p in report if p.partition.rpartition("/")[0] == input_topic]

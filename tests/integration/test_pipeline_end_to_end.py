@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import random
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -173,6 +175,22 @@ def test_every_message_ends_as_exactly_one_event_or_dead_letter(
     assert metrics["sentistream_process_peak_resident_memory_bytes"] > 50 * 2**20
     (info,) = [k for k in metrics if k.startswith("sentistream_model_info")]
     assert f'model="{minilm}"' in info
+
+    # Everything is committed: /health says so per input partition, and so does the lag gauge.
+    inputs = [f"{topics.input_topic}/{p}" for p in range(topics.input_partitions)]
+    status, health = wait_for_health(worker, until=lambda h: all(
+        h.get("partitions", {}).get(p, {}).get("lag") == 0 for p in inputs
+    ))  # fmt: skip
+    assert status == 200, health
+    assert health["status"] == "ok"
+    assert health["phase"] == "running"
+    assert health["last_event_ms"] is not None
+    assert sum(health["partitions"][p]["committed"] for p in inputs) == len(records)
+    metrics = scrape_metrics(worker, until=lambda m: True)
+    for partition in inputs:
+        assert metrics[f'sentistream_consumer_lag{{partition="{partition}"}}'] == 0
+    assert metrics["sentistream_rebalances_total"] >= 1
+    assert metrics["sentistream_recovery_seconds_count"] >= 1
     assert 'backend="onnx-int8"' in info  # the CPU default
 
 
@@ -193,6 +211,23 @@ def scrape_metrics(
                 metrics[name] = float(value)
         if until(metrics) or time.monotonic() > deadline:
             return metrics
+        time.sleep(0.5)
+
+
+def wait_for_health(
+    worker: WorkerProcess, until: Callable[[dict[str, Any]], bool], timeout: float = 30.0
+) -> tuple[int, dict[str, Any]]:
+    """The worker's /health (status, body), once ``until`` holds for the body (or at timeout)."""
+    port = worker.env["SENTISTREAM_WEB_PORT"]
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as response:
+                status, body = response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:  # 503 while starting or recovering
+            status, body = error.code, json.loads(error.read())
+        if until(body) or time.monotonic() > deadline:
+            return status, body
         time.sleep(0.5)
 
 
