@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import tempfile
 import warnings
 from collections.abc import Mapping
@@ -230,15 +231,24 @@ def quantize_onnx_int8(source: Path, target: Path) -> None:
 
     graph = onnx.load(str(source), load_external_data=False).graph
     keep_fp32 = sensitive_matmuls(graph)
-    quantize_dynamic(
-        str(source),
-        str(target),
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        op_types_to_quantize=["MatMul"],
-        nodes_to_exclude=keep_fp32,
-        extra_options={"MatMulConstBOnly": True},
-    )
+    # ORT writes ``<source>-inferred.onnx`` beside its input and deletes it afterwards: two
+    # workers quantizing the same cached model raced on that file (one died with
+    # FileNotFoundError). Each quantizes from its own link to the source, in its own folder.
+    with tempfile.TemporaryDirectory(prefix="quantize-", dir=target.parent) as private:
+        own_source = Path(private) / source.name
+        try:
+            os.link(source, own_source)
+        except OSError:  # another file system, or no hard links: copy
+            shutil.copyfile(source, own_source)
+        quantize_dynamic(
+            str(own_source),
+            str(target),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul"],
+            nodes_to_exclude=keep_fp32,
+            extra_options={"MatMulConstBOnly": True},
+        )
 
 
 _LAYER = re.compile(r"layer\.(\d+)[./]")
