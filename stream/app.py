@@ -60,7 +60,11 @@ from stream.core.health import (
 from stream.core.pipeline import BatchOutcome, Classifier, OutRecord, process_batch
 from stream.core.records import RawRecord
 from stream.core.windows import WindowPolicy, default_policy
-from stream.faust_fixes import PARTITIONED_MEMORY_STORE, SeekBeforeDeliveryTableManager
+from stream.faust_fixes import (
+    PARTITIONED_MEMORY_STORE,
+    SeekBeforeDeliveryTableManager,
+    fixed_transport_urls,
+)
 from stream.metrics import CONTENT_TYPE, WorkerMetrics
 from stream.settings import Settings, pipeline_config
 
@@ -109,6 +113,8 @@ def window_policy(settings: Settings) -> WindowPolicy:
 
 def create_app(settings: Settings, classifier: Classifier) -> faust.App:
     """A Faust app that scores ``settings.topics.input_topic`` with ``classifier``."""
+    faust_kwargs = faust_settings(settings.kafka, settings.session_timeout_s)
+    faust_kwargs["broker"] = fixed_transport_urls(faust_kwargs["broker"])
     app = faust.App(
         settings.app_id,
         datadir=str(settings.data_dir),
@@ -121,7 +127,7 @@ def create_app(settings: Settings, classifier: Classifier) -> faust.App:
         TableManager=SeekBeforeDeliveryTableManager,
         consumer_group_instance_id=settings.group_instance_id,
         topic_replication_factor=settings.topics.replication_factor,
-        **faust_settings(settings.kafka, settings.session_timeout_s),
+        **faust_kwargs,
     )
     if settings.kafka.embedded:
         shorten_faust_fetch_wait(EMBEDDED_FETCH_MAX_WAIT_MS)

@@ -7,7 +7,7 @@ reads another library's private attributes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from faust.stores import STORES
@@ -15,6 +15,10 @@ from faust.stores.memory import Store as MemoryStore
 from faust.streams import current_event
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
+from faust.transport.drivers import TRANSPORTS
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
+from faust.transport.drivers.aiokafka import Transport as AIOKafkaTransport
 from faust.types import TP, EventT
 from yarl import URL
 
@@ -151,3 +155,55 @@ class SeekBeforeDeliveryTableManager(TableManager):
         await super().on_stop()
         if self.fixed_recovery is not None:
             await self.fixed_recovery.stop()
+
+
+class SeekToStartWhenUncommittedConsumerThread(AIOKafkaConsumerThread):
+    """Faust's aiokafka consumer thread, whose "seek to committed" also rewinds partitions that
+    have nothing committed.
+
+    aiokafka 0.14 ``AIOKafkaConsumer.seek_to_committed`` seeks only ``if offset and offset >
+    0``: a partition with no committed offset keeps its fetch position. Faust relies on that
+    seek to refetch what it throws away: ``Consumer.getmany`` discards a fetch that returns
+    while the flow is stopped (during a rebalance) and calls ``perform_seek()``. For a partition
+    never committed, the discarded records were never fetched again nor committed: seen on
+    Apache Kafka as two input partitions with lag and no progress after a second worker
+    joined (the first had scored them in generation 1 but not committed them yet), and as a
+    stalled restart on the embedded broker. Here such partitions are seeked to where
+    ``consumer_auto_offset_reset`` starts them.
+    """
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        committed: Mapping[TP, int] = await self.call_thread(self.seek_to_committed_or_reset)
+        return committed
+
+    async def seek_to_committed_or_reset(self) -> Mapping[TP, int]:
+        consumer = self._ensure_consumer()
+        committed: Mapping[TP, int] = await consumer.seek_to_committed()
+        uncommitted = [tp for tp, offset in committed.items() if not offset]
+        if uncommitted:
+            if self.app.conf.consumer_auto_offset_reset == "latest":
+                await consumer.seek_to_end(*uncommitted)
+            else:
+                await consumer.seek_to_beginning(*uncommitted)
+        return committed
+
+
+class SeekToStartWhenUncommittedConsumer(AIOKafkaConsumer):
+    def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
+        return SeekToStartWhenUncommittedConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class FixedKafkaTransport(AIOKafkaTransport):
+    """Faust's aiokafka transport with :class:`SeekToStartWhenUncommittedConsumer`; broker URLs
+    with the ``FIXED_KAFKA_SCHEME`` scheme select it."""
+
+    Consumer = SeekToStartWhenUncommittedConsumer
+
+
+FIXED_KAFKA_SCHEME = "kafka-seekfix"
+TRANSPORTS.aliases[FIXED_KAFKA_SCHEME] = f"{__name__}:{FixedKafkaTransport.__name__}"
+
+
+def fixed_transport_urls(urls: Iterable[str]) -> list[str]:
+    """``kafka://host:port`` broker URLs, pointed at :class:`FixedKafkaTransport`."""
+    return [f"{FIXED_KAFKA_SCHEME}://{url.partition('://')[2] or url}" for url in urls]
