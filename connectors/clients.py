@@ -50,6 +50,25 @@ def consumer_config(kafka: KafkaSettings, group_id: str, **extra: Any) -> dict[s
     return config
 
 
+def aiokafka_config(kafka: KafkaSettings) -> dict[str, Any]:
+    """aiokafka client settings (the exactly-once publisher's producer)."""
+    config: dict[str, Any] = {
+        "bootstrap_servers": [s.strip() for s in kafka.bootstrap_servers.split(",")],
+        "security_protocol": kafka.security_protocol,
+    }
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        config["ssl_context"] = _ssl_context(kafka)
+    if kafka.security_protocol.startswith("SASL"):
+        config.update(
+            sasl_mechanism=kafka.sasl_mechanism or "PLAIN",
+            sasl_plain_username=kafka.sasl_username,
+            sasl_plain_password=(
+                kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
+            ),
+        )
+    return config
+
+
 def faust_settings(kafka: KafkaSettings, session_timeout_s: float | None = None) -> dict[str, Any]:
     """Keyword arguments for ``faust.App``: brokers, credentials and profile tuning;
     ``session_timeout_s`` applies on Apache Kafka (the embedded profile has its own)."""

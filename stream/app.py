@@ -42,6 +42,7 @@ from connectors.clients import (
     shorten_faust_fetch_wait,
 )
 from connectors.group_offsets import GroupOffsets, partition_name
+from connectors.transactions import TransactionalPublisher
 from stream.core.aggregation import (
     Aggregator,
     aggregates_view,
@@ -57,7 +58,13 @@ from stream.core.health import (
     current_partitions,
     health_answer,
 )
-from stream.core.pipeline import BatchOutcome, Classifier, OutRecord, process_batch
+from stream.core.pipeline import (
+    BatchOutcome,
+    Classifier,
+    OutRecord,
+    next_offsets,
+    process_batch,
+)
 from stream.core.records import RawRecord
 from stream.core.windows import WindowPolicy, default_policy
 from stream.faust_fixes import (
@@ -156,15 +163,30 @@ def create_app(settings: Settings, classifier: Classifier) -> faust.App:
     scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
     max_wait_s = settings.batch_max_wait_ms / 1000
 
-    async def publish(outcome: BatchOutcome) -> None:
-        """Send every output record and wait until the broker has acknowledged each one."""
-        pending: list[Any] = []
-        for record in outcome.event_records():
-            pending.append(await _send(events_topic, record))
-        for record in outcome.dead_letters:
-            pending.append(await _send(deadletter_topic, record))
-        for record in facts_records(outcome, topics.input_partitions):
-            pending.append(await _send(facts_topic, record))
+    transactions = (
+        TransactionalPublisher(
+            settings.kafka,
+            settings.scorer_transactional_id(f"{socket.gethostname()}-{settings.web_port}"),
+            group_id=settings.app_id,
+            transaction_timeout_s=settings.session_timeout_s,
+        )
+        if settings.processing_guarantee == "exactly_once"
+        else None
+    )
+
+    async def publish(records: Sequence[RawRecord], outcome: BatchOutcome) -> None:
+        """Send every output record and wait until the broker has acknowledged each one; with
+        exactly-once, in one transaction that also commits the take's input offsets."""
+        outputs = [(events_topic, record) for record in outcome.event_records()]
+        outputs += [(deadletter_topic, record) for record in outcome.dead_letters]
+        outputs += [
+            (facts_topic, record) for record in facts_records(outcome, topics.input_partitions)
+        ]
+        if transactions is not None:
+            named = [(topic.get_topic_name(), record) for topic, record in outputs]
+            await transactions.publish(named, next_offsets(records))
+            return
+        pending = [await _send(topic, record) for topic, record in outputs]
         await asyncio.gather(*pending)
 
     def log_batch(records: Sequence[RawRecord], outcome: BatchOutcome) -> None:
@@ -196,7 +218,7 @@ def create_app(settings: Settings, classifier: Classifier) -> faust.App:
         async def publish_then_ack(
             events: Sequence[EventT[bytes]], records: Sequence[RawRecord], outcome: BatchOutcome
         ) -> None:
-            await publish(outcome)
+            await publish(records, outcome)
             published_ms = now_ms()
             metrics.record_batch(records, outcome, published_ms)
             health.finished(records, published_ms if outcome.events else None)
@@ -204,6 +226,8 @@ def create_app(settings: Settings, classifier: Classifier) -> faust.App:
             for event in events:
                 await stream.ack(event)
 
+        if transactions is not None:
+            await transactions.start()  # fences a previous incarnation, aborting what it left open
         feeder = asyncio.ensure_future(feed())
         loop = asyncio.get_running_loop()
         publishing: asyncio.Future[None] | None = None
@@ -224,6 +248,8 @@ def create_app(settings: Settings, classifier: Classifier) -> faust.App:
             feeder.cancel()
             if publishing is not None:
                 await finish(publishing)
+            if transactions is not None:
+                await transactions.stop()
 
     @app.page("/metrics")
     class Metrics(View):

@@ -11,7 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stream.core.cleaning import CleaningRules
@@ -113,6 +113,8 @@ class Settings(BaseSettings):
     idle_flush_s: float = Field(default=30, gt=0)
     partition_idle_s: float = Field(default=30, gt=0)
     group_instance_id: str | None = None
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    transactional_id: str | None = None
     session_timeout_s: float = Field(default=10, gt=0, le=300)
     web_port: int = Field(default=6066, ge=0, le=65535)
     web_url: str | None = None
@@ -121,6 +123,21 @@ class Settings(BaseSettings):
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     topics: TopicSettings = Field(default_factory=TopicSettings)
+
+    @model_validator(mode="after")
+    def _transactions_need_kafka(self) -> Settings:
+        if self.processing_guarantee == "exactly_once" and self.kafka.embedded:
+            raise ValueError(
+                "SENTISTREAM_PROCESSING_GUARANTEE=exactly_once needs Apache Kafka: the embedded "
+                "broker has no transactions (use at_least_once there)"
+            )
+        return self
+
+    def scorer_transactional_id(self, default_suffix: str) -> str:
+        """The exactly-once producer's id: unique per worker, stable across its restarts."""
+        if self.transactional_id:
+            return self.transactional_id
+        return f"{self.app_id}-scorer-{self.group_instance_id or default_suffix}"
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:

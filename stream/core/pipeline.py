@@ -78,6 +78,16 @@ class BatchOutcome:
         ]
 
 
+def next_offsets(records: Sequence[RawRecord]) -> dict[tuple[str, int], int]:
+    """Per (topic, partition) of a take, the offset after its last record: what committing the
+    take means (the exactly-once publisher commits these with the take's outputs)."""
+    offsets: dict[tuple[str, int], int] = {}
+    for record in records:
+        where = (record.topic, record.partition)
+        offsets[where] = max(offsets.get(where, 0), record.offset + 1)
+    return offsets
+
+
 @dataclass(frozen=True, slots=True)
 class _Cleaned:
     record: RawRecord

@@ -79,3 +79,58 @@ def test_redacted_worker_publishes_and_logs_no_message_text(
         assert secret.encode() in (record.value or b""), "dead letters keep the original bytes"
     worker.stop()
     assert secret not in worker.log_path.read_text(errors="replace")
+
+
+def test_exactly_once_publishes_every_input_once_across_a_crash(
+    kafka: KafkaSettings,
+    topics: TopicSettings,
+    start_worker: WorkerFactory,
+    collect: Collector,
+    minilm: Path,
+) -> None:
+    """With SENTISTREAM_PROCESSING_GUARANTEE=exactly_once a take's outputs and its input offsets
+    commit in one transaction: a SIGKILL mid-stream loses nothing and duplicates nothing for a
+    read-committed consumer. The embedded broker has no transactions: the worker refuses."""
+    eos = {
+        "SENTISTREAM_PROCESSING_GUARANTEE": "exactly_once",
+        # The restarted worker keeps its transactional id: it fences its predecessor and aborts
+        # the transaction the SIGKILL left open.
+        "SENTISTREAM_TRANSACTIONAL_ID": f"{topics.input_topic}-scorer",
+    }
+    if kafka.embedded:
+        refused = start_worker(minilm, topics, **eos)
+        deadline = time.monotonic() + 60
+        while refused.exit_code() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert refused.exit_code() == 2, refused.log_tail()
+        assert "needs Apache Kafka" in refused.log_tail()
+        return
+
+    ids = [f"eos-{i:04d}" for i in range(1200)]
+    producer = RecordProducer(kafka)
+    for index, message_id in enumerate(ids):
+        text = f"message {index}: {'great stuff' if index % 2 else 'awful stuff'}"
+        producer.send(
+            topics.input_topic,
+            orjson.dumps({"id": message_id, "text": text}),
+            key=message_id.encode(),
+        )
+    producer.flush()
+
+    first = start_worker(minilm, topics, **eos)
+    seen = 0
+    deadline = time.monotonic() + 120
+    for _record in read_topics(kafka, [topics.events_topic], deadline=deadline):
+        seen += 1
+        if seen >= 200:
+            break
+    assert seen >= 200, first.log_tail()
+    first.kill()  # SIGKILL mid-stream, a transaction likely open
+
+    second = start_worker(minilm, topics, **eos)
+    outputs = collect(topics, expected=len(ids), worker=second)
+
+    assert set(outputs.events) == set(ids), "messages were lost across the crash"
+    duplicated = sorted(m for m, copies in outputs.events.items() if len(copies) > 1)
+    assert not duplicated, f"{len(duplicated)} inputs published twice: {duplicated[:5]}"
+    assert not outputs.dead_letters

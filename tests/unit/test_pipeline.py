@@ -10,7 +10,13 @@ import orjson
 import pytest
 
 from stream.core.cleaning import CleaningRules
-from stream.core.pipeline import BatchOutcome, OutRecord, PipelineConfig, process_batch
+from stream.core.pipeline import (
+    BatchOutcome,
+    OutRecord,
+    PipelineConfig,
+    next_offsets,
+    process_batch,
+)
 from stream.core.records import Label, Prediction, RawRecord, ScoredBatch
 
 NOW = 1_795_166_102_000  # 2026-11-20T09:15:02.000Z
@@ -344,3 +350,14 @@ def test_scored_batches_record_every_successful_forward_pass(
         len(call) for call in succeeded
     ]
     assert sum(len(batch.predictions) for batch in outcome.scored_batches) == 5
+
+
+def test_next_offsets_commit_past_the_last_record_of_each_partition() -> None:
+    records = [
+        record(b"{}", 7),
+        record(b"{}", 5),
+        RawRecord(value=b"{}", key=None, topic=TOPIC, partition=3, offset=0, timestamp_ms=None),
+        RawRecord(value=b"{}", key=None, topic="other", partition=1, offset=41, timestamp_ms=None),
+    ]
+    assert next_offsets(records) == {(TOPIC, 1): 8, (TOPIC, 3): 1, ("other", 1): 42}
+    assert next_offsets([]) == {}

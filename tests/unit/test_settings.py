@@ -12,7 +12,7 @@ import faust
 import pytest
 from pydantic import ValidationError
 
-from connectors.clients import consumer_config, faust_settings, producer_config
+from connectors.clients import aiokafka_config, consumer_config, faust_settings, producer_config
 from stream.settings import BrokerProfile, KafkaSettings, Settings
 
 PASSWORD = "hunter2-sasl-secret"
@@ -337,3 +337,45 @@ def test_faust_settings_ssl_gives_ssl_credentials(monkeypatch: pytest.MonkeyPatc
     set_env(monkeypatch, KAFKA_SECURITY_PROTOCOL="SSL")
     credentials = faust_settings(KafkaSettings())["broker_credentials"]
     assert isinstance(credentials, faust.SSLCredentials)
+
+
+# --- exactly-once -----------------------------------------------------------------------------
+
+
+def test_exactly_once_is_refused_on_the_embedded_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_env(
+        monkeypatch,
+        KAFKA_BROKER_PROFILE="embedded",
+        SENTISTREAM_PROCESSING_GUARANTEE="exactly_once",
+    )
+    with pytest.raises(ValidationError, match="needs Apache Kafka"):
+        Settings.from_env()
+
+
+def test_exactly_once_on_kafka_gets_a_stable_transactional_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    set_env(monkeypatch, SENTISTREAM_PROCESSING_GUARANTEE="exactly_once", SENTISTREAM_APP_ID="a")
+    assert Settings.from_env().scorer_transactional_id("host-6066") == "a-scorer-host-6066"
+    set_env(monkeypatch, SENTISTREAM_GROUP_INSTANCE_ID="worker-3")
+    assert Settings.from_env().scorer_transactional_id("host-6066") == "a-scorer-worker-3"
+    set_env(monkeypatch, SENTISTREAM_TRANSACTIONAL_ID="pinned")
+    assert Settings.from_env().scorer_transactional_id("host-6066") == "pinned"
+
+
+def test_aiokafka_config_carries_sasl_and_tls(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_env(
+        monkeypatch,
+        KAFKA_BOOTSTRAP_SERVERS="a:9093, b:9093",
+        KAFKA_SECURITY_PROTOCOL="SASL_SSL",
+        KAFKA_SASL_MECHANISM="SCRAM-SHA-512",
+        KAFKA_SASL_USERNAME="svc",
+        KAFKA_SASL_PASSWORD=PASSWORD,
+    )
+    config = aiokafka_config(KafkaSettings())
+    assert config["bootstrap_servers"] == ["a:9093", "b:9093"]
+    assert config["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert config["sasl_plain_username"] == "svc"
+    assert config["sasl_plain_password"] == PASSWORD
+    assert isinstance(config["ssl_context"], ssl.SSLContext)
+    assert "sasl_mechanism" not in aiokafka_config(KafkaSettings(security_protocol="PLAINTEXT"))
