@@ -98,6 +98,8 @@ class BenchOptions:
     skip_accuracy: bool = False
     workdir: Path | None = None
     brokers: Sequence[str] = ("embedded",)  # end to end on each: "kafka", "embedded"
+    # end to end with each processing guarantee; exactly_once runs on Apache Kafka only
+    guarantees: Sequence[str] = ("at_least_once",)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -202,7 +204,13 @@ class EndToEnd:
     """A worker for one backend on the shared broker, fed and read by this process."""
 
     def __init__(
-        self, kafka: KafkaSettings, model: Path, backend: str, opts: BenchOptions, broker_pid: int
+        self,
+        kafka: KafkaSettings,
+        model: Path,
+        backend: str,
+        opts: BenchOptions,
+        broker_pid: int,
+        guarantee: str = "at_least_once",
     ) -> None:
         self.kafka = kafka
         self.broker_pid = broker_pid
@@ -236,6 +244,7 @@ class EndToEnd:
             "SENTISTREAM_WEB_PORT": str(self.port),
             "SENTISTREAM_DATA_DIR": str(base / f"worker-{suffix}"),
             "SENTISTREAM_LOG_LEVEL": "warning",
+            "SENTISTREAM_PROCESSING_GUARANTEE": guarantee,
         }
         self.worker = WorkerProcess(env, log_path=base / f"worker-{backend}-{suffix}.log")
         self.produced_ms: dict[str, int] = {}
@@ -405,23 +414,38 @@ def run_bench(opts: BenchOptions, say: Callable[[str], None] = print) -> Report:
             kafka = KafkaSettings(
                 bootstrap_servers=broker.bootstrap_servers, broker_profile=broker.profile
             )
-            for backend in opts.backends:
-                say(f"(c) end to end on {name}, {backend}: max rate ...")
-                with EndToEnd(kafka, model, backend, opts, broker.pid or 0) as e2e:
+            runs = [
+                (backend, guarantee)
+                for backend in opts.backends
+                for guarantee in opts.guarantees
+                if guarantee == "at_least_once" or not kafka.embedded
+            ]
+            for backend, guarantee in runs:
+                label = broker_label(name, guarantee)
+                say(f"(c) end to end on {label}, {backend}: max rate ...")
+                with EndToEnd(kafka, model, backend, opts, broker.pid or 0, guarantee) as e2e:
                     fast = e2e.measure(tag(mix, "max"), None, "end to end, max rate")
-                    report.rows.append(replace(fast, broker=name))
+                    report.rows.append(replace(fast, broker=label))
                     rate = fast.msg_per_s / 2
                     count = max(20, round(rate * opts.half_rate_seconds))
-                    say(f"(c) end to end on {name}, {backend}: {rate:.0f} msg/s (half of max) ...")
+                    say(f"(c) end to end on {label}, {backend}: {rate:.0f} msg/s (half of max) ...")
                     half_mix = tag(message_mix(count, seed=opts.seed + 1), "half")
                     half = e2e.measure(half_mix, rate, "end to end, half max rate")
-                    report.rows.append(replace(half, broker=name))
+                    report.rows.append(replace(half, broker=label))
 
     if not opts.skip_accuracy:
         say("accuracy on GLUE SST-2 dev (real MiniLM SST-2 model) ...")
         report.accuracy = bench_accuracy(opts.backends, opts)
     report.goals = evaluate_goals(report)
     return report
+
+
+EXACTLY_ONCE_SUFFIX = ", exactly-once"
+
+
+def broker_label(broker: str, guarantee: str) -> str:
+    """The table's broker column: the broker, and the guarantee when it is exactly-once."""
+    return broker + (EXACTLY_ONCE_SUFFIX if guarantee == "exactly_once" else "")
 
 
 def start_broker(name: str, base: Path) -> BrokerProcess:
@@ -543,6 +567,7 @@ def render(report: Report) -> str:
             f"{_fmt(row.peak_rss_mb, 0)} | {cores(row)} |"
         )
     lines += broker_comparison(report)
+    lines += guarantee_comparison(report)
     if report.accuracy:
         lines += [
             "",
@@ -591,6 +616,37 @@ def broker_comparison(report: Report) -> list[str]:
             f"{kafka.msg_per_s / embedded.msg_per_s:.2f} | {_fmt(kafka.p95_ms, 0)} | "
             f"{_fmt(embedded.p95_ms, 0)} | {_fmt(kafka.cores_broker, 2)} | "
             f"{_fmt(embedded.cores_broker, 2)} |"
+        )
+    return lines
+
+
+def guarantee_comparison(report: Report) -> list[str]:
+    """Exactly-once beside at-least-once on Apache Kafka, per backend and phase: the cost of
+    transactions."""
+    e2e = [r for r in report.rows if r.run.startswith("end to end")]
+    pairs = []
+    for eos in (r for r in e2e if r.broker.endswith(EXACTLY_ONCE_SUFFIX)):
+        plain = eos.broker.removesuffix(EXACTLY_ONCE_SUFFIX)
+        alo = next(
+            (r for r in e2e if r.broker == plain and (r.run, r.backend) == (eos.run, eos.backend)),
+            None,
+        )
+        if alo is not None:
+            pairs.append((alo, eos))
+    if not pairs:
+        return []
+    lines = [
+        "",
+        "| run | backend | msg/s at-least-once | msg/s exactly-once | exactly-once / at-least-once "
+        "| p95 ms at-least-once | p95 ms exactly-once | worker cores at-least-once | "
+        "worker cores exactly-once |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for alo, eos in pairs:
+        lines.append(
+            f"| {alo.run} | {alo.backend} | {alo.msg_per_s:.1f} | {eos.msg_per_s:.1f} | "
+            f"{eos.msg_per_s / alo.msg_per_s:.2f} | {_fmt(alo.p95_ms, 0)} | {_fmt(eos.p95_ms, 0)} "
+            f"| {_fmt(alo.cores_worker, 2)} | {_fmt(eos.cores_worker, 2)} |"
         )
     return lines
 

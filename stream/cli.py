@@ -285,7 +285,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         skip_accuracy=args.skip_accuracy,
         workdir=Path(args.workdir) if args.workdir else None,
         brokers=["kafka", "embedded"] if args.broker == "both" else [args.broker],
+        guarantees=(
+            ["at_least_once", "exactly_once"] if args.guarantee == "both" else [args.guarantee]
+        ),
     )
+    if "exactly_once" in options.guarantees and "kafka" not in options.brokers:
+        print("sentistream bench: exactly_once runs on Apache Kafka (--broker kafka or both)",
+              file=sys.stderr)  # fmt: skip
+        return 2
     if "kafka" in options.brokers:
         from connectors.broker import kafka_missing
 
@@ -633,6 +640,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="embedded",
         help="end to end on Apache Kafka (kafka profile: batching, idempotence), the embedded "
         "broker (default), or both in one run",
+    )
+    bench.add_argument(
+        "--guarantee",
+        choices=["at_least_once", "exactly_once", "both"],
+        default="at_least_once",
+        help="end to end with at-least-once (default), exactly-once (Apache Kafka only: "
+        "transactions), or both, compared in one table",
     )
     bench.add_argument("--batch-size", type=int, default=16)
     bench.add_argument("--threads", type=int, default=2, help="model threads (default 2)")
