@@ -8,6 +8,7 @@ from collections.abc import Collection, Mapping
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from stream.core.errors import UnavailableError
 from stream.settings import KafkaSettings, TopicSettings
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def ensure_topics(
     return created
 
 
-class BrokerUnreachable(RuntimeError):
+class BrokerUnreachable(UnavailableError):
     """The brokers did not answer a metadata request; the message is one line."""
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from stream.core.errors import UnavailableError
 from stream.settings import BrokerProfile
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ KAFKA_MAIN_CLASS = "kafka.Kafka"
 KAFKA_STORAGE_TOOL = "kafka.tools.StorageTool"
 
 
-class BrokerStartError(RuntimeError):
+class BrokerStartError(UnavailableError):
     """A broker the project starts itself did not come up."""
 
 

@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from stream.core.codec import decode_message
-from stream.core.errors import PoisonRecord
+from stream.core.errors import ConfigurationError, PoisonRecord
 from stream.core.records import RawRecord
 
 STDIN = "-"
@@ -56,7 +56,7 @@ DEFAULT_LABEL_MAPS: dict[FileFormat, dict[str, str]] = {
 }
 
 
-class FileFormatError(ValueError):
+class FileFormatError(ConfigurationError, ValueError):
     """The file cannot be read as the given format at all; the message is one line."""
 
 

@@ -40,6 +40,7 @@ from tqdm import tqdm
 from connectors.admin import ensure_topics
 from connectors.clients import consumer_config
 from connectors.producer import RecordProducer
+from stream.core.errors import UnavailableError
 from stream.core.pipeline import Classifier, OutRecord, PipelineConfig, process_batch
 from stream.core.records import RawRecord
 from stream.core.replay_plan import (
@@ -59,10 +60,9 @@ BROKER_TIMEOUT_S = 30.0  # metadata, watermark and time lookups; the checking fe
 STALL_TIMEOUT_S = 60.0  # no record and no end-of-partition from any unfinished partition
 POLL_S = 0.5
 DELIVERY_TIMEOUT_S = 120.0
-EXIT_INTERRUPTED = 130
 
 
-class ReplayError(RuntimeError):
+class ReplayError(UnavailableError):
     """The replay cannot go on; the message is one line for the operator."""
 
 

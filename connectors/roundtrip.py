@@ -23,12 +23,13 @@ from connectors.clients import consumer_config
 from connectors.group_offsets import end_offset
 from connectors.producer import RecordProducer
 from stream.core.codec import HEADER_REASON
+from stream.core.errors import UnavailableError
 from stream.settings import KafkaSettings, TopicSettings
 
 METADATA_TIMEOUT_S = 15.0
 
 
-class RoundTripError(RuntimeError):
+class RoundTripError(UnavailableError):
     """The messages could not be sent, or their results did not all come back in time."""
 
 

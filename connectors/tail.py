@@ -26,12 +26,13 @@ from stream.core.codec import (
     HEADER_STAGE,
     format_time_ms,
 )
+from stream.core.errors import UnavailableError
 from stream.settings import KafkaSettings
 
 METADATA_TIMEOUT_S = 10.0
 
 
-class TailError(RuntimeError):
+class TailError(UnavailableError):
     """The topics cannot be read: the broker does not answer, or a topic does not exist."""
 
 

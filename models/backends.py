@@ -25,6 +25,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from stream.core.errors import ConfigurationError
+
 log = logging.getLogger(__name__)
 
 # Bump when the export or quantization recipe changes: cached files from older recipes are ignored.
@@ -47,7 +49,7 @@ CPU_DEFAULT = Backend.ONNX_INT8
 GPU_DEFAULT = Backend.CUDA_FP16
 
 
-class BackendError(RuntimeError):
+class BackendError(ConfigurationError):
     """The requested backend cannot run here (no CUDA, missing onnxruntime); says what to set."""
 
 

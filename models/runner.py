@@ -1,7 +1,8 @@
 """Load a sequence-classification checkpoint and score texts: tokenize -> forward -> post-process.
 
 clean text -> tokenize (no padding) -> plan length-sorted batches -> pad each batch to its longest
-member -> forward -> softmax -> Prediction, mapped back to the caller's order.
+member -> forward -> softmax (several classes) or sigmoid (one logit) -> Prediction, mapped back to
+the caller's order.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,8 +21,10 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from models.backends import BackendError, load_forward, resolve_backend
-from models.labels import normalise_labels
+from models.labels import BINARY_LABELS, normalise_labels
 from stream.core.batching import plan_batches
+from stream.core.errors import ConfigurationError
+from stream.core.evaluation import parse_label_map
 from stream.core.records import Label, Prediction, ScoredBatch
 
 if TYPE_CHECKING:
@@ -33,7 +36,7 @@ hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(ConfigurationError):
     """The configured model could not be loaded; the message says what to set."""
 
 
@@ -46,6 +49,9 @@ class RunnerOptions:
     torch_threads: int | None = None
     backend: str = "auto"
     cache_dir: Path = Path("~/.cache/sentistream")
+    label_map: Mapping[str, Label] | None = None  # class name or index -> published label
+    binary_threshold: float = 0.5  # single-logit heads: POSITIVE when sigmoid(logit) >= this
+    max_length: int | None = None  # tokens per text; None: the model's own window
 
     @classmethod
     def from_settings(cls, settings: Settings, model: str | None = None) -> RunnerOptions:
@@ -59,6 +65,9 @@ class RunnerOptions:
             torch_threads=settings.torch_threads,
             backend=settings.backend,
             cache_dir=settings.model_cache_dir,
+            label_map=parse_label_map(settings.label_map) if settings.label_map else None,
+            binary_threshold=settings.binary_threshold,
+            max_length=settings.max_length,
         )
 
 
@@ -77,11 +86,23 @@ class SentimentRunner:
         resolve_device(options.device)  # a CUDA request without CUDA fails here, with the fix
         self.tokenizer, model = _load(model_id, options.revision)
         model.eval()
-        self.labels: list[Label] = normalise_labels(model.config.id2label)
-        self.max_length = min(
+        # One logit: a binary head read through a sigmoid (the custom model spec's heads).
+        self.single_logit = int(model.config.num_labels) == 1
+        self.labels: list[Label] = (
+            list(BINARY_LABELS)
+            if self.single_logit
+            else normalise_labels(model.config.id2label, options.label_map)
+        )
+        window = min(
             int(self.tokenizer.model_max_length),
             int(getattr(model.config, "max_position_embeddings", 512)),
         )
+        if options.max_length is not None and options.max_length > window:
+            raise ModelLoadError(
+                f"SENTISTREAM_MAX_LENGTH={options.max_length} is longer than the model's window "
+                f"of {window} tokens; set at most {window}"
+            )
+        self.max_length = options.max_length or window
         self._version = options.revision or model_version(model_id, model)
         self.forward = load_forward(
             self.backend,
@@ -127,7 +148,7 @@ class SentimentRunner:
             rows, width = inputs["input_ids"].shape
             forward_tokens.append(int(rows) * int(width))
             forward_started = time.perf_counter()
-            probabilities = softmax(self.forward(inputs)).tolist()
+            probabilities = self._probabilities(self.forward(inputs)).tolist()
             forward_ms = (time.perf_counter() - forward_started) * 1000
             forward_times.append(forward_ms)
             for row, index in zip(probabilities, batch, strict=True):
@@ -145,10 +166,20 @@ class SentimentRunner:
             forward_ms=tuple(forward_times),
         )
 
+    def _probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Per text, the probability of each of ``self.labels``."""
+        if self.single_logit:
+            positive = sigmoid(logits[:, 0])
+            return np.stack([1.0 - positive, positive], axis=1)
+        return softmax(logits)
+
     def _prediction(
         self, row: list[float], tokens: int, truncated: bool, batch_size: int, forward_ms: float
     ) -> Prediction:
-        best = max(range(len(row)), key=row.__getitem__)
+        if self.single_logit:
+            best = 1 if row[1] >= self.options.binary_threshold else 0
+        else:
+            best = max(range(len(row)), key=row.__getitem__)
         return Prediction(
             label=self.labels[best],
             score=row[best],
@@ -172,6 +203,10 @@ class SentimentRunner:
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return np.asarray(shifted / shifted.sum(axis=-1, keepdims=True))
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return np.asarray(1.0 / (1.0 + np.exp(-logits.astype(np.float64))), dtype=np.float32)
 
 
 def resolve_device(requested: str) -> torch.device:

@@ -51,6 +51,7 @@ from stream.core.aggregation import (
     parse_aggregates_query,
 )
 from stream.core.batching import collect_batch
+from stream.core.errors import EXIT_UNPUBLISHED
 from stream.core.health import (
     PartitionProgress,
     Phase,
@@ -86,7 +87,6 @@ CURRENT_WITHIN_S = 10.0
 CURRENT_BELIEVED_S = 3 * PROGRESS_CHECK_S
 # How long a shutdown waits for the batch in flight to be scored and published before giving up.
 SHUTDOWN_GRACE_S = 60.0
-EXIT_UNPUBLISHED = 70
 
 
 def raw_record(message: FaustMessage) -> RawRecord:

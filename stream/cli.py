@@ -14,6 +14,14 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from connectors.files import CsvOptions, FileFormat
+from stream.core.errors import (
+    EXIT_CONFIGURATION,
+    EXIT_INTERRUPTED,
+    ConfigurationError,
+    InterruptedRun,
+    SentistreamError,
+    UnavailableError,
+)
 from stream.settings import Settings
 
 if TYPE_CHECKING:
@@ -41,16 +49,12 @@ def cmd_worker(_args: argparse.Namespace) -> int:
     from faust.worker import Worker
 
     from connectors.admin import ensure_topics, pipeline_topics
-    from models.runner import ModelLoadError, RunnerOptions, SentimentRunner
+    from models.runner import RunnerOptions, SentimentRunner
     from stream.app import create_app
 
     settings = Settings.from_env()
     configure_logging(settings.log_level)
-    try:
-        runner = SentimentRunner(settings.model, RunnerOptions.from_settings(settings))
-    except ModelLoadError as exc:
-        print(f"sentistream: {exc}", file=sys.stderr)
-        return 2
+    runner = SentimentRunner(settings.model, RunnerOptions.from_settings(settings))
     log.info(
         "model %s (%s) loaded: backend %s on %s",
         runner.name,
@@ -97,7 +101,7 @@ def dump_tasks() -> None:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from connectors.broker import BrokerProcess, BrokerStartError, EmbeddedBroker, KafkaBroker
+    from connectors.broker import BrokerProcess, EmbeddedBroker, KafkaBroker
 
     configure_logging("info")
     broker: BrokerProcess
@@ -107,11 +111,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
         broker = KafkaBroker(args.port, data_dir=data_dir, log_path=log_path, heap=args.heap)
     else:
         broker = EmbeddedBroker(args.port)
-    try:
-        broker.start()
-    except BrokerStartError as exc:
-        print(f"sentistream broker: {exc}", file=sys.stderr)
-        return 1
+    broker.start()
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %s: stopping the %s", signal.Signals(signum).name, broker.name)
@@ -129,15 +129,14 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from connectors.admin import BrokerUnreachable, topic_names
+    from connectors.admin import topic_names
     from connectors.producer import RAW, ProduceOptions, RecordProducer, produce_file, summary_lines
 
     settings = Settings.from_env()
     configure_logging(settings.log_level)
     problem = produce_usage_problem(args)
     if problem is not None:
-        print(f"sentistream produce: {problem}", file=sys.stderr)
-        return 2
+        raise ConfigurationError(problem)
     options = ProduceOptions(
         fmt=RAW if args.format == RAW else FileFormat(args.format),
         csv=csv_options(args) if args.format == FileFormat.CSV else None,
@@ -150,11 +149,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
         strict=args.strict,
     )
     topic = args.topic or settings.topics.input_topic
-    try:
-        topic_names(settings.kafka)  # fail fast, not after the producer's delivery timeout
-    except BrokerUnreachable as exc:
-        print(f"sentistream produce: {exc}", file=sys.stderr)
-        return 1
+    topic_names(settings.kafka)  # fail fast, not after the producer's delivery timeout
     progress = not args.no_progress and sys.stderr.isatty()
     summary = produce_file(
         RecordProducer(settings.kafka), topic, args.file, options, progress=progress
@@ -193,13 +188,12 @@ def produce_usage_problem(args: argparse.Namespace) -> str | None:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from connectors.tail import TailError, TailOptions, tail_topics
+    from connectors.tail import TailOptions, tail_topics
 
     settings = Settings.from_env()
     configure_logging("warning")
     if args.from_end and not args.follow:
-        print("sentistream tail: --from-end needs --follow", file=sys.stderr)
-        return 2
+        raise ConfigurationError("--from-end needs --follow")
     options = TailOptions(
         follow=args.follow,
         from_end=args.from_end,
@@ -218,9 +212,6 @@ def cmd_tail(args: argparse.Namespace) -> int:
             written = tail_topics(
                 settings.kafka, args.topics, out, options, stop=lambda: bool(stopping)
             )
-    except TailError as exc:
-        print(f"sentistream tail: {exc}", file=sys.stderr)
-        return 1
     except BrokenPipeError:  # e.g. piped into head: the reader has all it wants
         # Point stdout at /dev/null so that the flush at interpreter exit does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -290,16 +281,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         ),
     )
     if "exactly_once" in options.guarantees and "kafka" not in options.brokers:
-        print("sentistream bench: exactly_once runs on Apache Kafka (--broker kafka or both)",
-              file=sys.stderr)  # fmt: skip
-        return 2
+        raise ConfigurationError("exactly_once runs on Apache Kafka (--broker kafka or both)")
     if "kafka" in options.brokers:
         from connectors.broker import kafka_missing
 
         problem = kafka_missing()
         if problem:
-            print(f"sentistream bench --broker {args.broker}: {problem}", file=sys.stderr)
-            return 2
+            raise ConfigurationError(f"--broker {args.broker}: {problem}")
     report = run_bench(options, say=lambda line: print(line, file=sys.stderr, flush=True))
     table = render(report)
     print(table)
@@ -355,9 +343,9 @@ def csv_options(args: argparse.Namespace) -> CsvOptions:
 def cmd_eval(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from connectors.files import FileFormat, FileFormatError
-    from stream.core.evaluation import LabelMapError, parse_label_map
-    from stream.evaluate import EvalRequest, EvaluationError, default_out_dir, run_evaluation
+    from connectors.files import FileFormat
+    from stream.core.evaluation import parse_label_map
+    from stream.evaluate import EvalRequest, default_out_dir, run_evaluation
     from stream.reports import summary_text, write_reports
 
     settings = Settings.from_env()
@@ -382,20 +370,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         evaluation = run_evaluation(request, settings, progress=progress)
         out_dir = Path(args.out) if args.out else default_out_dir(args.file, datetime.now(UTC))
         files = write_reports(evaluation, out_dir)
-    except (EvaluationError, FileFormatError, LabelMapError) as exc:
-        print(f"sentistream eval: {exc}", file=sys.stderr)
-        return 1
     except OSError as exc:
-        print(f"sentistream eval: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # the model loader's and the Kafka round trip's own errors
-        from connectors.roundtrip import RoundTripError
-        from models.runner import ModelLoadError
-
-        if not isinstance(exc, ModelLoadError | RoundTripError):
-            raise
-        print(f"sentistream eval: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, ModelLoadError) else 1
+        raise ConfigurationError(f"{exc.strerror or exc}: {exc.filename or ''}") from exc
     print(summary_text(evaluation, files))
     return 0
 
@@ -406,32 +382,26 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from confluent_kafka import KafkaException
 
     from connectors.replay import (
-        EXIT_INTERRUPTED,
         BarsProgress,
         NoProgress,
         ProgressDisplay,
-        ReplayError,
         ReplayOptions,
         run_replay,
         stop_on_signals,
         summary_lines,
     )
-    from stream.core.replay_plan import ReplaySpecError, ReplayState, check_name
+    from stream.core.replay_plan import ReplayState, check_name
 
     settings = Settings.from_env()
     configure_logging("warning")
-    try:
-        request = replay_request(args, settings)
-        options = ReplayOptions(
-            name=check_name(args.name),
-            request=request,
-            chunk_size=args.chunk_size,
-            stop_after=args.stop_after,
-            restart=args.restart,
-        )
-    except ReplaySpecError as exc:
-        print(f"sentistream replay: {exc}", file=sys.stderr)
-        return 1
+    request = replay_request(args, settings)
+    options = ReplayOptions(
+        name=check_name(args.name),
+        request=request,
+        chunk_size=args.chunk_size,
+        stop_after=args.stop_after,
+        restart=args.restart,
+    )
 
     def progress(state: ReplayState) -> ProgressDisplay:
         if args.no_progress or not sys.stderr.isatty():
@@ -449,18 +419,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 stop=stop,
                 progress=progress,
             )
-    except ReplayError as exc:
-        print(f"sentistream replay: {exc}", file=sys.stderr)
-        return 1
     except KafkaException as exc:
-        print(f"sentistream replay: Kafka: {exc.args[0] if exc.args else exc}", file=sys.stderr)
-        return 1
+        raise UnavailableError(f"Kafka: {exc.args[0] if exc.args else exc}") from exc
     except KeyboardInterrupt:
-        print(
-            "sentistream replay: stopped at once; the chunk in flight is produced again on resume",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
+        raise InterruptedRun(
+            "stopped at once; the chunk in flight is produced again on resume"
+        ) from None
     print("\n".join(summary_lines(result)))
     return 0 if result.finished else EXIT_INTERRUPTED
 
@@ -500,18 +464,15 @@ def replay_request(args: argparse.Namespace, settings: Settings) -> ReplayReques
 
 def replay_transform(request: ReplayRequest, settings: Settings, partitions: int) -> Transform:
     """Re-feed as-is, or score with the chosen model as the worker does."""
-    from connectors.replay import Backfill, Refeed, ReplayError, now_ms
+    from connectors.replay import Backfill, Refeed, now_ms
     from stream.settings import pipeline_config
 
     if request.mode == "input":
         return Refeed(request.target, partitions)
-    from models.runner import ModelLoadError, RunnerOptions, SentimentRunner
+    from models.runner import RunnerOptions, SentimentRunner
 
     model = request.model or settings.model
-    try:
-        runner = SentimentRunner(model, RunnerOptions.from_settings(settings, model))
-    except ModelLoadError as exc:
-        raise ReplayError(str(exc)) from None
+    runner = SentimentRunner(model, RunnerOptions.from_settings(settings, model))
     assert request.deadletter is not None
     return Backfill(runner, pipeline_config(settings), request.target, request.deadletter, now_ms)
 
@@ -719,9 +680,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = args.handler
     try:
         return int(handler(args))
+    except SentistreamError as exc:
+        print(f"sentistream {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
     except ValidationError as exc:  # settings from the environment: the user's to fix
-        print(f"sentistream: invalid settings: {settings_problems(exc)}", file=sys.stderr)
-        return 2
+        print(
+            f"sentistream {args.command}: invalid settings: {settings_problems(exc)}",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIGURATION
+    except KeyboardInterrupt:
+        print(f"sentistream {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def settings_problems(exc: Any) -> str:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from connectors.files import DEFAULT_LABEL_MAPS, CsvOptions, FileFormat, ParsedLine, read_records
 from stream.core.codec import HEADER_REASON, encode_json
+from stream.core.errors import ConfigurationError
 from stream.core.evaluation import (
     LABEL_ORDER,
     CurvePoint,
@@ -46,7 +47,7 @@ OFFLINE_CHUNK = 256  # records per process_batch call (the runner plans its own 
 SKIPPED_LISTED = 20  # skipped lines listed by line number in the report
 
 
-class EvaluationError(RuntimeError):
+class EvaluationError(ConfigurationError):
     """The evaluation cannot go on; the message is one line and says what to change."""
 
 

@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     backend: str = "auto"
     model_cache_dir: Path = Path("~/.cache/sentistream")
     torch_threads: int | None = Field(default=None, ge=1)
+    label_map: str | None = None
+    binary_threshold: float = Field(default=0.5, gt=0, lt=1)
+    max_length: int | None = Field(default=None, ge=2)
     batch_size: int = Field(default=16, ge=1)
     batch_take: int = Field(default=128, ge=1)
     batch_max_wait_ms: int = Field(default=0, ge=0)

@@ -62,3 +62,47 @@ class PoisonRecord(Exception):
     @property
     def stage(self) -> Stage:
         return STAGE_OF_REASON[self.reason]
+
+
+# --- the command's own errors ------------------------------------------------------------------
+# Every failure a user can cause or meet ends the command with one line and an exit code that says
+# whose move it is; ``stream.cli.main`` is the one place that prints them and exits.
+
+
+class SentistreamError(Exception):
+    """A failure of a ``sentistream`` command; its message is one line naming what to change."""
+
+    exit_code: int = 1
+
+
+class ConfigurationError(SentistreamError):
+    """A setting, option, model or file the user chose cannot work: change it (exit 2)."""
+
+    exit_code = 2
+
+
+class UnavailableError(SentistreamError):
+    """Something the command needs did not answer or is missing (broker, topic, time-out): it
+    may work when retried (exit 1)."""
+
+    exit_code = 1
+
+
+class InterruptedRun(SentistreamError):
+    """Stopped by a signal before the work was done; resumable where the command says so
+    (exit 130, as a shell reports SIGINT)."""
+
+    exit_code = 130
+
+
+class UnpublishedError(SentistreamError):
+    """Results could not be published, so their input was not committed: it is read again after a
+    restart (exit 70, EX_SOFTWARE)."""
+
+    exit_code = 70
+
+
+EXIT_CONFIGURATION = ConfigurationError.exit_code
+EXIT_UNAVAILABLE = UnavailableError.exit_code
+EXIT_INTERRUPTED = InterruptedRun.exit_code
+EXIT_UNPUBLISHED = UnpublishedError.exit_code

@@ -22,13 +22,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from stream.core.errors import ConfigurationError
 from stream.core.records import LABELS, Label
 
 # Row/column order of every matrix and table: the sentiment scale, low to high.
 LABEL_ORDER: tuple[Label, ...] = ("NEGATIVE", "NEUTRAL", "POSITIVE")
 
 
-class LabelMapError(ValueError):
+class LabelMapError(ConfigurationError, ValueError):
     """A ``--label-map`` specification that cannot be read; the message says what is wrong."""
 
 
@@ -40,7 +41,7 @@ class Excluded(StrEnum):
 
 
 def parse_label_map(spec: str) -> dict[str, Label]:
-    """``"0=NEGATIVE,4=POSITIVE"`` -> ``{"0": "NEGATIVE", "4": "POSITIVE"}``.
+    """``"0=NEGATIVE,4=POSITIVE"`` (or ``"1:POSITIVE,2:NEGATIVE"``) -> ``{"0": "NEGATIVE", ...}``.
 
     Targets are the model labels (any case); raises :class:`LabelMapError`.
     """
@@ -48,10 +49,11 @@ def parse_label_map(spec: str) -> dict[str, Label]:
     for item in spec.split(","):
         if not item.strip():
             continue
-        raw, separator, target = item.partition("=")
+        separator = "=" if "=" in item else ":"
+        raw, found, target = item.partition(separator)
         raw, target = raw.strip(), target.strip().upper()
-        if not separator or not raw:
-            raise LabelMapError(f"label map entry {item.strip()!r} is not FILE_LABEL=MODEL_LABEL")
+        if not found or not raw:
+            raise LabelMapError(f"label map entry {item.strip()!r} is not LABEL=MODEL_LABEL")
         label = _as_label(target)
         if label is None:
             raise LabelMapError(

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from stream.core.codec import parse_timestamp_ms
-from stream.core.errors import PoisonRecord
+from stream.core.errors import ConfigurationError, PoisonRecord
 
 ReplayMode = Literal["input", "topic"]
 STATE_VERSION = 1
@@ -25,7 +25,7 @@ _OFFSET_PAIR = re.compile(r"([0-9]+):([0-9]+)")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,119}")
 
 
-class ReplaySpecError(ValueError):
+class ReplaySpecError(ConfigurationError, ValueError):
     """A replay option is malformed or contradicts another; the message names the option."""
 
 

@@ -98,6 +98,67 @@ def test_kafka_broker_command_keeps_topics_in_its_data_dir_across_restarts(
     assert (data_dir / "broker.log").stat().st_size > 0
 
 
+def run_worker_expecting_failure(
+    env: dict[str, str], cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stream", "worker"],
+        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        pytest.param({}, "cannot map the model's labels ['joy', 'anger']", id="unknown-labels"),
+        pytest.param(
+            {"SENTISTREAM_LABEL_MAP": "joy:POSITIVE"},
+            "SENTISTREAM_LABEL_MAP names no label for class 1 ('anger')",
+            id="incomplete-label-map",
+        ),
+        pytest.param(
+            {"SENTISTREAM_LABEL_MAP": "joy=GLAD"}, "'GLAD' is not one of", id="bad-label-map"
+        ),
+        pytest.param(
+            {"SENTISTREAM_BINARY_THRESHOLD": "1.5"}, "binary_threshold", id="invalid-setting"
+        ),
+    ],
+)
+def test_worker_errors_a_user_can_fix_are_one_line_and_exit_2(
+    env: dict[str, str], expected: str, tmp_path: Path, minilm: Path
+) -> None:
+    from models.checkpoints import relabel
+
+    emotions = relabel(minilm, tmp_path / "emotions", {0: "joy", 1: "anger"})
+    result = run_worker_expecting_failure({"SENTISTREAM_MODEL": str(emotions), **env}, tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("sentistream")]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("sentistream worker: ")
+    assert expected in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_a_label_map_lets_the_worker_load_a_checkpoint_it_does_not_recognise(
+    tmp_path: Path, minilm: Path
+) -> None:
+    """With the map the model loads; the worker then fails only on the unreachable broker."""
+    from models.checkpoints import relabel
+
+    emotions = relabel(minilm, tmp_path / "emotions", {0: "anger", 1: "joy"})
+    env = {
+        "SENTISTREAM_MODEL": str(emotions),
+        "SENTISTREAM_LABEL_MAP": "anger:NEGATIVE,joy:POSITIVE",
+    }
+    result = run_worker_expecting_failure(env, tmp_path)
+    assert "loaded: backend" in result.stderr, result.stderr
+    assert "cannot map" not in result.stderr
+
+
 @pytest.mark.parametrize(
     ("model", "expected"),
     [

@@ -221,7 +221,7 @@ def test_keeping_neutral_with_a_two_class_model_is_a_clear_error(
     text.write_text("so happy today\nit is tuesday\nworst day ever\n")
     text.with_name("val_labels.txt").write_text("2\n1\n0\n")
     args = ["eval", str(text), "--format", "tweeteval", "--offline", "--model", str(minilm)]
-    assert main([*args, "--neutral", "keep", "--out", str(tmp_path / "out")]) == 1
+    assert main([*args, "--neutral", "keep", "--out", str(tmp_path / "out")]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--neutral keep needs a model with a NEUTRAL label" in error
     assert "NEGATIVE, POSITIVE" in error
@@ -240,7 +240,7 @@ def test_bad_options_fail_with_one_line_and_no_traceback(
     extra: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     args = ["eval", str(require(SST2_DEV)), "--format", "sst2", "--out", str(tmp_path / "out")]
-    assert main([*args, *extra]) == 1
+    assert main([*args, *extra]) == 2
     error = capsys.readouterr().err
     assert message in error
     assert "Traceback" not in error

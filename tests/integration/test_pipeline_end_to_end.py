@@ -309,3 +309,38 @@ def test_batched_worker_results_equal_one_at_a_time_pipeline(
     assert worst <= 1e-4
     assert max(int(e[0]["batch_size"]) for e in outputs.events.values()) > 1, "nothing was batched"
     assert outputs.events[f"s{len(texts) - 1}"][0]["truncated"] is True
+
+
+def test_a_single_logit_checkpoint_scores_like_its_two_class_origin_through_the_worker(
+    kafka: KafkaSettings,
+    topics: TopicSettings,
+    start_worker: WorkerFactory,
+    collect: Collector,
+    minilm: Path,
+    tmp_path: Path,
+) -> None:
+    """The custom model spec's head: one logit, sigmoid, POSITIVE at p >= 0.5. Folded from the
+    shared MiniLM's two classes (logit l1 - l0), it must publish the two-class model's labels and
+    scores, with both classes' probabilities."""
+    from models.checkpoints import fold_to_single_logit
+    from models.runner import RunnerOptions, SentimentRunner
+
+    folded = fold_to_single_logit(minilm, tmp_path / "single-logit")
+    texts = [*CLEAR_CASES, *(f"{o} {b}" for o in OPENERS[:4] for b in BODIES[:6])]
+    worker = start_worker(folded, topics, SENTISTREAM_BACKEND="torch-fp32")
+    producer = RecordProducer(kafka)
+    for index, text in enumerate(texts):
+        producer.send(topics.input_topic, orjson.dumps({"id": f"one-{index}", "text": text}))
+    producer.flush()
+    outputs = collect(topics, expected=len(texts), worker=worker)
+
+    two_class = SentimentRunner(str(minilm), RunnerOptions(device="cpu", backend="torch-fp32"))
+    events = [outputs.events[f"one-{index}"][0] for index in range(len(texts))]
+    # the text the worker scored (cleaned: mentions, URLs, hashtags), scored by the two classes
+    reference = two_class.predict([str(event["text"]) for event in events]).predictions
+    assert {p.label for p in reference} == {"NEGATIVE", "POSITIVE"}, "a mix proves more"
+    for event, expected in zip(events, reference, strict=True):
+        assert event["label"] == expected.label
+        assert event["score"] == pytest.approx(expected.score, abs=1e-5)
+        assert set(event["probabilities"]) == {"NEGATIVE", "POSITIVE"}
+        assert event["model_name"] == str(folded)

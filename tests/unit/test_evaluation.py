@@ -121,11 +121,17 @@ def test_parse_label_map_reads_pairs_and_normalises_the_model_labels() -> None:
     assert parse_label_map("0=negative, 4=POSITIVE,2=Neutral") == {"0": N, "4": P, "2": U}
 
 
+def test_parse_label_map_also_reads_colon_pairs() -> None:
+    """SENTISTREAM_LABEL_MAP's spelling: the Amazon-review convention."""
+    assert parse_label_map("1:POSITIVE,2:negative") == {"1": P, "2": N}
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("0:NEGATIVE", "not FILE_LABEL=MODEL_LABEL"),
-        ("=NEGATIVE", "not FILE_LABEL=MODEL_LABEL"),
+        ("0 NEGATIVE", "not LABEL=MODEL_LABEL"),
+        ("=NEGATIVE", "not LABEL=MODEL_LABEL"),
+        (":NEGATIVE", "not LABEL=MODEL_LABEL"),
         ("0=BAD", "'BAD' is not one of"),
         ("0=NEGATIVE,0=POSITIVE", "two labels"),
         (" , ", "empty"),

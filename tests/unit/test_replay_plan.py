@@ -221,7 +221,7 @@ def test_state_of_an_unknown_version_is_refused() -> None:
         (["--to-topic", "posts", "--source", "posts"], "--to-topic must differ"),
     ],
 )
-def test_replay_option_errors_are_one_line_and_exit_1(
+def test_replay_option_errors_are_one_line_and_exit_2(
     args: list[str],
     message: str,
     capsys: pytest.CaptureFixture[str],
@@ -232,7 +232,7 @@ def test_replay_option_errors_are_one_line_and_exit_1(
             monkeypatch.delenv(name)
     code = main(["replay", "--name", "r1", *args])
     err = capsys.readouterr().err
-    assert code == 1
+    assert code == 2
     assert message in err
     assert err.count("\n") == 1
     assert "Traceback" not in err

@@ -12,6 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from models.checkpoints import fold_to_single_logit, relabel
+from models.labels import UnsupportedLabels
 from models.runner import ModelLoadError, RunnerOptions, SentimentRunner, model_version
 from stream.core.records import Prediction
 
@@ -250,3 +252,75 @@ def test_predict_with_no_texts_returns_an_empty_batch(runner: SentimentRunner) -
     scored = runner.predict([])
     assert scored.predictions == []
     assert scored.forward_batches == 0
+
+
+# --- other checkpoint shapes: one sigmoid logit, labels named by SENTISTREAM_LABEL_MAP ----------
+
+
+@pytest.fixture(scope="module")
+def single_logit_runner(tmp_path_factory: pytest.TempPathFactory) -> SentimentRunner:
+    folded = fold_to_single_logit(require_model(), tmp_path_factory.mktemp("single-logit"))
+    return SentimentRunner(str(folded), RunnerOptions(device="cpu", backend="torch-fp32"))
+
+
+def test_a_single_logit_head_scores_like_the_two_class_head_it_was_folded_from(
+    runner: SentimentRunner, single_logit_runner: SentimentRunner
+) -> None:
+    texts = [*MIXED_SENTENCES, *varied_texts(30)]
+    two_class = runner.predict(texts).predictions
+    one_logit = single_logit_runner.predict(texts).predictions
+    assert single_logit_runner.single_logit
+    assert single_logit_runner.labels == ["NEGATIVE", "POSITIVE"]
+    assert {p.label for p in two_class} == {"NEGATIVE", "POSITIVE"}, "a mix proves more"
+    for pair, single in zip(two_class, one_logit, strict=True):
+        assert single.label == pair.label
+        assert single.score == pytest.approx(pair.score, abs=TOLERANCE)
+        assert set(single.probabilities) == {"NEGATIVE", "POSITIVE"}
+        assert single.probabilities["POSITIVE"] == pytest.approx(
+            pair.probabilities["POSITIVE"], abs=TOLERANCE
+        )
+
+
+def test_the_binary_threshold_decides_a_single_logit_label(tmp_path: Path) -> None:
+    folded = fold_to_single_logit(require_model(), tmp_path / "single")
+    strict = SentimentRunner(
+        str(folded), RunnerOptions(device="cpu", backend="torch-fp32", binary_threshold=0.99)
+    )
+    predictions = strict.predict([*MIXED_SENTENCES, *varied_texts(40)]).predictions
+    for prediction in predictions:
+        positive = prediction.probabilities["POSITIVE"]
+        assert prediction.label == ("POSITIVE" if positive >= 0.99 else "NEGATIVE")
+        assert prediction.score == pytest.approx(prediction.probabilities[prediction.label])
+    assert any(p.label == "NEGATIVE" and p.probabilities["POSITIVE"] > 0.5 for p in predictions), (
+        "some text is positive at 0.5 but not at 0.99"
+    )
+
+
+def test_a_label_map_names_classes_the_checkpoint_does_not(tmp_path: Path) -> None:
+    amazon = relabel(require_model(), tmp_path / "amazon", {0: "2", 1: "1"})
+    with pytest.raises(UnsupportedLabels, match="cannot map"):
+        SentimentRunner(str(amazon), RunnerOptions(device="cpu", backend="torch-fp32"))
+    mapped = SentimentRunner(
+        str(amazon),
+        RunnerOptions(
+            device="cpu", backend="torch-fp32", label_map={"1": "POSITIVE", "2": "NEGATIVE"}
+        ),
+    )
+    assert mapped.labels == ["NEGATIVE", "POSITIVE"]
+    assert mapped.predict(["I love this, wonderful"]).predictions[0].label == "POSITIVE"
+
+
+def test_max_length_cuts_texts_shorter_and_cannot_exceed_the_window(tmp_path: Path) -> None:
+    short = SentimentRunner(
+        str(require_model()), RunnerOptions(device="cpu", backend="torch-fp32", max_length=16)
+    )
+    assert short.max_length == 16
+    scored = short.predict([" ".join(["good"] * 40), "fine"]).predictions
+    assert scored[0].token_count == 16
+    assert scored[0].truncated
+    assert not scored[1].truncated
+    with pytest.raises(ModelLoadError, match="SENTISTREAM_MAX_LENGTH=100000"):
+        SentimentRunner(
+            str(require_model()),
+            RunnerOptions(device="cpu", backend="torch-fp32", max_length=100_000),
+        )

@@ -1,0 +1,98 @@
+"""One error taxonomy for every command: each failure a user can meet is one line and an exit code
+that says whose move it is, handled once in ``stream.cli.main``."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from connectors.admin import BrokerUnreachable
+from connectors.broker import BrokerStartError, KafkaNotInstalled
+from connectors.files import FileFormatError
+from connectors.replay import ReplayError
+from connectors.roundtrip import RoundTripError
+from connectors.tail import TailError
+from models.backends import BackendError
+from models.labels import UnsupportedLabels
+from models.runner import ModelLoadError
+from stream.cli import main
+from stream.core.errors import (
+    ConfigurationError,
+    InterruptedRun,
+    SentistreamError,
+    UnavailableError,
+    UnpublishedError,
+)
+from stream.core.evaluation import LabelMapError
+from stream.core.replay_plan import ReplaySpecError
+from stream.evaluate import EvaluationError
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (ConfigurationError, 2),
+        (ModelLoadError, 2),
+        (UnsupportedLabels, 2),
+        (BackendError, 2),
+        (LabelMapError, 2),
+        (ReplaySpecError, 2),
+        (FileFormatError, 2),
+        (EvaluationError, 2),
+        (UnavailableError, 1),
+        (BrokerUnreachable, 1),
+        (BrokerStartError, 1),
+        (KafkaNotInstalled, 1),
+        (TailError, 1),
+        (ReplayError, 1),
+        (RoundTripError, 1),
+        (InterruptedRun, 130),
+        (UnpublishedError, 70),
+    ],
+)
+def test_every_command_error_carries_its_exit_code(error: type[Exception], code: int) -> None:
+    assert issubclass(error, SentistreamError)
+    assert error.exit_code == code  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith(("KAFKA_", "SENTISTREAM_")):
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_an_option_error_is_one_line_naming_the_command_and_exits_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["tail", "some.topic", "--from-end"]) == 2
+    err = capsys.readouterr().err
+    assert err == "sentistream tail: --from-end needs --follow\n"
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_an_invalid_setting_is_one_line_naming_the_setting_and_exits_2(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SENTISTREAM_BATCH_SIZE", "0")
+    monkeypatch.setenv("SENTISTREAM_LOG_LEVEL", "loud")
+    assert main(["tail", "some.topic"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("sentistream tail: invalid settings: ")
+    assert "batch_size: Input should be greater than or equal to 1" in err
+    assert "log_level" in err
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_an_unreachable_broker_is_one_line_and_exits_1(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    assert main(["tail", "some.topic"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("sentistream tail: ")
+    assert "Traceback" not in err
