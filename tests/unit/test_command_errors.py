@@ -51,9 +51,11 @@ from stream.evaluate import EvaluationError
         (UnpublishedError, 70),
     ],
 )
-def test_every_command_error_carries_its_exit_code(error: type[Exception], code: int) -> None:
+def test_every_command_error_carries_its_exit_code(
+    error: type[SentistreamError], code: int
+) -> None:
     assert issubclass(error, SentistreamError)
-    assert error.exit_code == code  # type: ignore[attr-defined]
+    assert error.exit_code == code
 
 
 @pytest.fixture
