@@ -366,6 +366,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             offline=args.offline,
             model=args.model,
             timeout_s=args.timeout,
+            target_precision=args.target_precision,
         )
         evaluation = run_evaluation(request, settings, progress=progress)
         out_dir = Path(args.out) if args.out else default_out_dir(args.file, datetime.now(UTC))
@@ -662,6 +663,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="NEUTRAL gold rows: drop them (default) or keep them as a third class",
     )
     evaluate.add_argument("--out", help="report folder (default: eval-<file stem>-<time>)")
+    evaluate.add_argument(
+        "--target-precision",
+        type=float,
+        help="name the lowest confidence threshold whose kept predictions reach this macro "
+        "precision (e.g. 0.95)",
+    )
     evaluate.add_argument(
         "--timeout",
         type=positive(float),

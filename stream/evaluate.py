@@ -26,14 +26,18 @@ from stream.core.codec import HEADER_REASON, encode_json
 from stream.core.errors import ConfigurationError
 from stream.core.evaluation import (
     LABEL_ORDER,
+    THRESHOLD_GRID,
     CurvePoint,
     Excluded,
     Metrics,
+    ThresholdRow,
     average_precision,
     classification_metrics,
     evaluated_classes,
+    lowest_threshold_for_precision,
     map_gold_label,
     precision_recall_curve,
+    threshold_table,
 )
 from stream.core.records import Label, RawRecord
 from stream.settings import Settings, pipeline_config
@@ -51,6 +55,10 @@ class EvaluationError(ConfigurationError):
     """The evaluation cannot go on; the message is one line and says what to change."""
 
 
+# The threshold plot's points: the table's grid and every hundredth from 0.5 up.
+PLOTTED_THRESHOLDS = sorted({*THRESHOLD_GRID, *(round(0.5 + 0.01 * i, 2) for i in range(50))})
+
+
 @dataclass(frozen=True, slots=True)
 class EvalRequest:
     path: str
@@ -63,6 +71,7 @@ class EvalRequest:
     offline: bool = False
     model: str | None = None  # offline only; default: SENTISTREAM_MODEL
     timeout_s: float = 300.0  # live only: wait for results after the last send
+    target_precision: float | None = None  # name the lowest threshold that reaches it
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +125,8 @@ class Evaluation:
     results: list[RowResult]
     metrics: Metrics
     curves: list[Curve] = field(default_factory=list)
+    thresholds: list[ThresholdRow] = field(default_factory=list)  # THRESHOLD_GRID, then finer
+    target: ThresholdRow | None = None  # the lowest threshold reaching request.target_precision
 
 
 @dataclass
@@ -177,9 +188,15 @@ def run_evaluation(
         raise EvaluationError(
             f"all {len(rows)} messages were dead-lettered ({_describe(reasons)}): nothing scored"
         )
-    metrics = classification_metrics(
-        [result.row.gold for result in results], [result.predicted for result in results], classes
-    )
+    gold = [result.row.gold for result in results]
+    predicted = [result.predicted for result in results]
+    scores = [result.score for result in results]
+    metrics = classification_metrics(gold, predicted, classes)
+    target = None
+    if request.target_precision is not None:
+        target = lowest_threshold_for_precision(
+            gold, predicted, scores, classes, request.target_precision
+        )
     return Evaluation(
         request=request,
         run_id=run_id,
@@ -196,6 +213,8 @@ def run_evaluation(
         results=results,
         metrics=metrics,
         curves=_curves(results, classes),
+        thresholds=threshold_table(gold, predicted, scores, classes, PLOTTED_THRESHOLDS),
+        target=target,
     )
 
 

@@ -1,4 +1,5 @@
-"""Write an evaluation to disk: report.json, report.csv, predictions.jsonl and two plots.
+"""Write an evaluation to disk: report.json, report.csv, predictions.jsonl, thresholds.csv and
+three plots (confusion matrix, precision-recall, confidence thresholds).
 
 stream.evaluate (metrics in hand) -> **files** -> a short text summary for the terminal.
 matplotlib is imported only when the plots are drawn, with the Agg canvas (no display needed).
@@ -13,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from stream.core.evaluation import THRESHOLD_GRID, ThresholdRow
 from stream.evaluate import Evaluation
 
 REPORT_JSON = "report.json"
@@ -20,6 +22,8 @@ REPORT_CSV = "report.csv"
 PREDICTIONS = "predictions.jsonl"
 CONFUSION_PNG = "confusion_matrix.png"
 PR_PNG = "precision_recall.png"
+THRESHOLDS_CSV = "thresholds.csv"
+THRESHOLDS_PNG = "thresholds.png"
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +33,8 @@ class ReportFiles:
     predictions: Path
     confusion_png: Path
     precision_recall_png: Path
+    thresholds_csv: Path
+    thresholds_png: Path
 
 
 def write_reports(evaluation: Evaluation, out_dir: Path) -> ReportFiles:
@@ -39,6 +45,8 @@ def write_reports(evaluation: Evaluation, out_dir: Path) -> ReportFiles:
         predictions=out_dir / PREDICTIONS,
         confusion_png=out_dir / CONFUSION_PNG,
         precision_recall_png=out_dir / PR_PNG,
+        thresholds_csv=out_dir / THRESHOLDS_CSV,
+        thresholds_png=out_dir / THRESHOLDS_PNG,
     )
     files.report_json.write_bytes(
         orjson.dumps(report_document(evaluation), option=orjson.OPT_INDENT_2) + b"\n"
@@ -55,8 +63,10 @@ def write_reports(evaluation: Evaluation, out_dir: Path) -> ReportFiles:
                 "probabilities": result.probabilities,
             }
             handle.write(orjson.dumps(line) + b"\n")
+    _write_thresholds_csv(evaluation, files.thresholds_csv)
     plot_confusion_matrix(evaluation, files.confusion_png)
     plot_precision_recall(evaluation, files.precision_recall_png)
+    plot_thresholds(evaluation, files.thresholds_png)
     return files
 
 
@@ -105,7 +115,55 @@ def report_document(evaluation: Evaluation) -> dict[str, Any]:
             {"line": line_no, "reason": reason} for line_no, reason in evaluation.skipped
         ],
         "dead_letter_reasons": dict(sorted(evaluation.dead_letter_reasons.items())),
+        "thresholds": [asdict(row) for row in table_rows(evaluation)],
+        "target_precision": _target_document(evaluation),
     }
+
+
+def table_rows(evaluation: Evaluation) -> list[ThresholdRow]:
+    """The thresholds of the printed table (the plot has finer ones)."""
+    return [row for row in evaluation.thresholds if row.threshold in THRESHOLD_GRID]
+
+
+def _target_document(evaluation: Evaluation) -> dict[str, Any] | None:
+    target = evaluation.request.target_precision
+    if target is None:
+        return None
+    row = evaluation.target
+    return {"target": target, "reached": row is not None, **(asdict(row) if row else {})}
+
+
+def _write_thresholds_csv(evaluation: Evaluation, path: Path) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["threshold", "kept", "coverage", "accuracy", "precision", "recall"])
+        for row in evaluation.thresholds:
+            writer.writerow(
+                [row.threshold, row.kept, _fixed(row.coverage), _fixed(row.accuracy),
+                 _fixed(row.precision), _fixed(row.recall)]
+            )  # fmt: skip
+
+
+def plot_thresholds(evaluation: Evaluation, path: Path) -> None:
+    """Coverage, accuracy, precision and recall of the predictions kept at each threshold."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 5), layout="tight")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    rows = [row for row in evaluation.thresholds if row.threshold >= 0.5]
+    x = [row.threshold for row in rows]
+    for name, style in (("coverage", "-"), ("accuracy", ":"), ("precision", "-"), ("recall", "-")):
+        axes.plot(x, [getattr(row, name) for row in rows], style, label=name)
+    if evaluation.target is not None:
+        axes.axvline(evaluation.target.threshold, linestyle="--", color="grey",
+                     label=f"precision >= {evaluation.request.target_precision}")  # fmt: skip
+    axes.set_xlabel("confidence threshold (score of the predicted label)")
+    axes.set_ylim(0.0, 1.05)
+    axes.set_title(f"acting only on confident predictions, n={evaluation.metrics.n}")
+    axes.legend(loc="lower left")
+    figure.savefig(path, dpi=100)
 
 
 def _write_csv(evaluation: Evaluation, path: Path) -> None:
@@ -217,7 +275,29 @@ def summary_text(evaluation: Evaluation, files: ReportFiles) -> str:
         f"report:   {files.report_json}",
         f"          {files.report_csv}",
         f"          {files.predictions}",
+        f"          {files.thresholds_csv}",
         f"plots:    {files.confusion_png}",
         f"          {files.precision_recall_png}",
+        f"          {files.thresholds_png}",
     ]
-    return "\n".join(lines)
+    return "\n".join([*lines[:-7], *threshold_lines(evaluation), *lines[-7:]])
+
+
+def threshold_lines(evaluation: Evaluation) -> list[str]:
+    """The threshold table, and the answer to --target-precision."""
+    lines = ["confidence threshold: coverage, accuracy, macro precision, macro recall (kept rows)"]
+    for row in table_rows(evaluation):
+        lines.append(
+            f"  >= {row.threshold:<5} {row.coverage:>8.4f} {row.accuracy:>8.4f} "
+            f"{row.precision:>8.4f} {row.recall:>8.4f}"
+        )
+    target, reached = evaluation.request.target_precision, evaluation.target
+    if target is not None:
+        lines.append(
+            f"target precision {target}: no threshold reaches it"
+            if reached is None
+            else f"target precision {target}: lowest threshold {reached.threshold:.4f} "
+            f"(precision {reached.precision:.4f}, coverage {reached.coverage:.4f}, "
+            f"kept {reached.kept})"
+        )
+    return lines

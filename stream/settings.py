@@ -95,6 +95,7 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(default=None, ge=1)
     label_map: str | None = None
     binary_threshold: float = Field(default=0.5, gt=0, lt=1)
+    confidence_threshold: float | None = Field(default=None, ge=0, le=1)
     max_length: int | None = Field(default=None, ge=2)
     batch_size: int = Field(default=16, ge=1)
     batch_take: int = Field(default=128, ge=1)
@@ -156,6 +157,7 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
     return PipelineConfig(
         max_message_bytes=settings.max_message_bytes,
         redact_text=settings.redact_text,
+        confidence_threshold=settings.confidence_threshold,
         cleaning=CleaningRules(
             mentions=settings.clean_mentions,
             urls=settings.clean_urls,

@@ -62,6 +62,8 @@ def facts_records(outcome: BatchOutcome, input_partitions: int) -> list[OutRecor
             "n": event.offset,
             "p": input_partitions,
         }
+        if event.payload.get("uncertain"):
+            value["u"] = 1
         for key in aggregate_keys(message.source, message.channel):
             facts.setdefault(key, []).append(value)
     return [
@@ -90,6 +92,7 @@ def fact_from(key: str, value: Mapping[str, Any]) -> ScoredFact:
         origin=str(value["o"]),
         offset=int(value["n"]),
         partitions=int(value.get("p", 1)),
+        uncertain=bool(value.get("u", 0)),
     )
 
 

@@ -19,7 +19,7 @@ Plain Python on lists (a few thousand rows at most, so no numpy). Conventions, a
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from stream.core.errors import ConfigurationError
@@ -220,6 +220,110 @@ def average_precision(scores: Sequence[float], positive: Sequence[bool]) -> floa
         area += (point.recall - previous_recall) * point.precision
         previous_recall = point.recall
     return area
+
+
+# --- confidence thresholds: what acting only on confident predictions costs and buys -----------
+
+# The rows of the threshold table: every prediction (0), then 0.5 to 0.95 and 0.99.
+THRESHOLD_GRID: tuple[float, ...] = (0.0, *(round(0.5 + 0.05 * i, 2) for i in range(10)), 0.99)
+
+
+@dataclass(frozen=True, slots=True)
+class ThresholdRow:
+    """Keeping only predictions whose score is >= ``threshold``: the share kept (coverage), the
+    accuracy and macro precision over those, and macro recall against every gold row (a dropped
+    row is a miss)."""
+
+    threshold: float
+    kept: int
+    coverage: float
+    accuracy: float
+    precision: float
+    recall: float
+
+
+def threshold_table(
+    gold: Sequence[str],
+    predicted: Sequence[str],
+    scores: Sequence[float],
+    classes: Sequence[str],
+    thresholds: Sequence[float] = THRESHOLD_GRID,
+) -> list[ThresholdRow]:
+    """One row per threshold, in the order given."""
+    sweep = _ThresholdSweep(gold, predicted, scores, classes)
+    return [sweep.row_at(threshold) for threshold in thresholds]
+
+
+def lowest_threshold_for_precision(
+    gold: Sequence[str],
+    predicted: Sequence[str],
+    scores: Sequence[float],
+    classes: Sequence[str],
+    target: float,
+) -> ThresholdRow | None:
+    """The lowest threshold (one of the scores, or 0) whose kept predictions reach macro precision
+    ``target``; None when no threshold does."""
+    sweep = _ThresholdSweep(gold, predicted, scores, classes)
+    for row in sweep.rows_by_ascending_threshold():
+        if row.kept and row.precision >= target:
+            return row
+    return None
+
+
+class _ThresholdSweep:
+    """Rows sorted by score, highest first, with running counts: every threshold in O(classes)."""
+
+    def __init__(
+        self,
+        gold: Sequence[str],
+        predicted: Sequence[str],
+        scores: Sequence[float],
+        classes: Sequence[str],
+    ) -> None:
+        if not len(gold) == len(predicted) == len(scores):
+            raise ValueError(f"{len(gold)} gold, {len(predicted)} predicted, {len(scores)} scores")
+        self.classes = list(classes)
+        self.total = len(gold)
+        self.support = {label: sum(1 for g in gold if g == label) for label in self.classes}
+        self.ranked = sorted(zip(scores, gold, predicted, strict=True), key=lambda row: -row[0])
+
+    def _row(self, threshold: float, kept: int, correct: int, hits: dict[str, int],
+             calls: dict[str, int]) -> ThresholdRow:  # fmt: skip
+        precisions = [_ratio(hits[c], calls[c]) for c in self.classes if calls[c]]
+        return ThresholdRow(
+            threshold=threshold,
+            kept=kept,
+            coverage=_ratio(kept, self.total),
+            accuracy=_ratio(correct, kept),
+            precision=_mean(precisions),
+            recall=_mean([_ratio(hits[c], self.support[c]) for c in self.classes]),
+        )
+
+    def _cuts(self) -> list[ThresholdRow]:
+        """The row after each group of tied scores, highest score first."""
+        hits = dict.fromkeys(self.classes, 0)
+        calls = dict.fromkeys(self.classes, 0)
+        correct = 0
+        rows = []
+        for taken, (score, gold, predicted) in enumerate(self.ranked, start=1):
+            if predicted in calls:
+                calls[predicted] += 1
+                hits[predicted] += gold == predicted
+            correct += gold == predicted
+            following = self.ranked[taken][0] if taken < len(self.ranked) else None
+            if following != score:
+                rows.append(self._row(score, taken, correct, hits, calls))
+        return rows
+
+    def row_at(self, threshold: float) -> ThresholdRow:
+        kept = [row for row in self._cuts() if row.threshold >= threshold]
+        if not kept:
+            empty = dict.fromkeys(self.classes, 0)
+            return self._row(threshold, 0, 0, empty, dict(empty))
+        return replace(kept[-1], threshold=threshold)
+
+    def rows_by_ascending_threshold(self) -> list[ThresholdRow]:
+        return list(reversed(self._cuts()))
 
 
 def _ratio(numerator: float, denominator: float) -> float:

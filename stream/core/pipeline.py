@@ -36,6 +36,9 @@ class PipelineConfig:
     max_message_bytes: int = 64 * 1024
     redact_text: bool = False
     cleaning: CleaningRules = field(default_factory=CleaningRules)
+    # Events whose score (the chosen label's probability) is below this carry ``uncertain: true``
+    # (their label is kept); None: no event carries the field.
+    confidence_threshold: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +184,8 @@ def enrich(
         "event_time": format_time_ms(message.event_time_ms),
         "processed_at": format_time_ms(processed_at_ms),
     }
+    if config.confidence_threshold is not None:
+        payload["uncertain"] = prediction.score < config.confidence_threshold
     if message.gold_label is not None:
         payload["gold_label"] = message.gold_label
     if not config.redact_text:

@@ -120,6 +120,7 @@ class WindowCounts:
     start_ms: int
     counts: dict[str, int] = field(default_factory=dict)
     score_sum: float = 0.0
+    uncertain: dict[str, int] = field(default_factory=dict)  # label -> events below the threshold
 
     @property
     def total(self) -> int:
@@ -130,19 +131,41 @@ class WindowCounts:
         return positive_ratio(self.counts.get("POSITIVE", 0), self.counts.get("NEGATIVE", 0))
 
     @property
+    def confident_positive_ratio(self) -> float | None:
+        """The positive ratio of the events at or above the confidence threshold."""
+        return positive_ratio(
+            self.counts.get("POSITIVE", 0) - self.uncertain.get("POSITIVE", 0),
+            self.counts.get("NEGATIVE", 0) - self.uncertain.get("NEGATIVE", 0),
+        )
+
+    @property
     def mean_score(self) -> float | None:
         return self.score_sum / self.total if self.total else None
 
-    def add(self, label: str, score: float) -> None:
+    def add(self, label: str, score: float, uncertain: bool = False) -> None:
         self.counts[label] = self.counts.get(label, 0) + 1
         self.score_sum += score
+        if uncertain:
+            self.uncertain[label] = self.uncertain.get(label, 0) + 1
 
     def to_json(self) -> dict[str, Any]:
-        return {"start_ms": self.start_ms, "counts": self.counts, "score_sum": self.score_sum}
+        data: dict[str, Any] = {
+            "start_ms": self.start_ms,
+            "counts": self.counts,
+            "score_sum": self.score_sum,
+        }
+        if self.uncertain:
+            data["uncertain"] = self.uncertain
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> WindowCounts:
-        return cls(int(data["start_ms"]), dict(data["counts"]), float(data["score_sum"]))
+        return cls(
+            int(data["start_ms"]),
+            dict(data["counts"]),
+            float(data["score_sum"]),
+            dict(data.get("uncertain", {})),  # states saved before the threshold existed
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +180,7 @@ class ScoredFact:
     origin: str  # input "topic/partition": offsets are compared within one origin only
     offset: int
     partitions: int = 1  # how many partitions the input topic has
+    uncertain: bool = False  # scored below the confidence threshold
 
     @property
     def origins(self) -> list[str]:
@@ -268,7 +292,7 @@ def fold_event(
                     missed = True
                     continue
                 window = windows[start] = WindowCounts(start)
-            window.add(fact.label, fact.score)
+            window.add(fact.label, fact.score, fact.uncertain)
             result.updated.append((spec.kind, window))
         if missed:
             state.late[spec.kind] = state.late.get(spec.kind, 0) + 1
@@ -394,6 +418,8 @@ def window_record(
         "counts": counts,
         "total": window.total,
         "positive_ratio": window.positive_ratio,
+        "uncertain": sum(window.uncertain.values()),
+        "confident_positive_ratio": window.confident_positive_ratio,
         "mean_score": window.mean_score,
         "late_events": state.late.get(kind, 0),
         "final": final,

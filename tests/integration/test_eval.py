@@ -29,7 +29,10 @@ REPORT_FILES = (
     "predictions.jsonl",
     "confusion_matrix.png",
     "precision_recall.png",
+    "thresholds.csv",
+    "thresholds.png",
 )
+TARGET_PRECISION = 0.95
 
 
 def read_report(out: Path) -> dict[str, Any]:
@@ -60,7 +63,9 @@ def offline_sst2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with pytest.MonkeyPatch.context() as monkeypatch:
         for name, value in DETERMINISTIC_BACKEND.items():
             monkeypatch.setenv(name, value)
-        assert main([*args, "--model", str(require(MINILM)), "--out", str(out)]) == 0
+        model = ["--model", str(require(MINILM))]
+        target = ["--target-precision", str(TARGET_PRECISION)]
+        assert main([*args, *model, *target, "--out", str(out)]) == 0
     return out
 
 
@@ -88,6 +93,37 @@ def test_offline_sst2_dev_accuracy_matches_the_models_training_report(offline_ss
     assert len(predictions_by_id(offline_sst2)) == SST2_DEV_SENTENCES
     for name in REPORT_FILES:
         assert (offline_sst2 / name).stat().st_size > 0, name
+
+
+def test_the_threshold_table_and_the_target_precision_agree_with_the_predictions(
+    offline_sst2: Path,
+) -> None:
+    report = read_report(offline_sst2)
+    rows = report["thresholds"]
+    assert rows[0]["threshold"] == 0.0
+    assert rows[0]["coverage"] == 1.0
+    assert rows[0]["accuracy"] == pytest.approx(report["accuracy"])
+    coverages = [row["coverage"] for row in rows]
+    assert coverages == sorted(coverages, reverse=True)
+    assert rows[-1]["accuracy"] > rows[0]["accuracy"], "confident predictions are more accurate"
+
+    target = report["target_precision"]
+    assert target["reached"]
+    assert target["precision"] >= TARGET_PRECISION
+    predictions = list(predictions_by_id(offline_sst2).values())
+
+    def macro_precision(threshold: float) -> float:
+        kept = [p for p in predictions if p["score"] >= threshold]
+        per_class: list[float] = []
+        for label in ("NEGATIVE", "POSITIVE"):
+            called = [p for p in kept if p["predicted"] == label]
+            per_class.append(sum(p["gold"] == label for p in called) / len(called))
+        return float(sum(per_class) / 2)
+
+    assert macro_precision(target["threshold"]) == pytest.approx(target["precision"])
+    lower = max(p["score"] for p in predictions if p["score"] < target["threshold"])
+    assert macro_precision(lower) < TARGET_PRECISION, "a lower threshold would have done"
+    assert target["kept"] == sum(p["score"] >= target["threshold"] for p in predictions)
 
 
 @pytest.mark.broker

@@ -11,9 +11,11 @@ from stream.core.evaluation import (
     classification_metrics,
     confusion_matrix,
     evaluated_classes,
+    lowest_threshold_for_precision,
     map_gold_label,
     parse_label_map,
     precision_recall_curve,
+    threshold_table,
 )
 from stream.core.records import Label
 
@@ -160,3 +162,54 @@ def test_evaluated_classes_follow_the_map_and_the_neutral_policy() -> None:
     assert evaluated_classes(label_map, keep_neutral=False) == [N, P]
     assert evaluated_classes(label_map, keep_neutral=True) == [N, U, P]
     assert evaluated_classes({"0": N, "1": P}, keep_neutral=True) == [N, P]
+
+
+# --- confidence thresholds ---------------------------------------------------------------------
+
+# gold, predicted, score: the confident predictions are right, the unsure ones half wrong
+ROWS = [
+    ("POSITIVE", "POSITIVE", 0.99),
+    ("NEGATIVE", "NEGATIVE", 0.95),
+    ("POSITIVE", "POSITIVE", 0.90),
+    ("NEGATIVE", "NEGATIVE", 0.80),
+    ("NEGATIVE", "POSITIVE", 0.65),
+    ("POSITIVE", "POSITIVE", 0.60),
+    ("POSITIVE", "NEGATIVE", 0.55),
+    ("NEGATIVE", "NEGATIVE", 0.52),
+]
+GOLD, PREDICTED, SCORES = (list(column) for column in zip(*ROWS, strict=True))
+
+
+def test_threshold_table_trades_coverage_for_accuracy() -> None:
+    rows = threshold_table(GOLD, PREDICTED, SCORES, [N, P], thresholds=[0.0, 0.7, 0.99, 1.0])
+    everything, confident, top, none = rows
+    assert (everything.kept, everything.coverage, everything.accuracy) == (8, 1.0, 6 / 8)
+    assert everything.recall == pytest.approx(0.75)  # 3/4 of each class
+    assert (confident.kept, confident.coverage, confident.accuracy) == (4, 0.5, 1.0)
+    assert confident.precision == 1.0
+    assert confident.recall == pytest.approx(0.5)  # 2 of 4 positives, 2 of 4 negatives kept
+    assert (top.kept, top.precision) == (1, 1.0)
+    assert top.recall == pytest.approx(0.125)
+    assert (none.kept, none.coverage, none.accuracy, none.recall) == (0, 0.0, 0.0, 0.0)
+
+
+def test_the_lowest_threshold_that_reaches_a_precision_is_one_of_the_scores() -> None:
+    row = lowest_threshold_for_precision(GOLD, PREDICTED, SCORES, [N, P], target=0.9)
+    assert row is not None
+    assert row.threshold == 0.80  # below it, the 0.65 row (a wrong POSITIVE) comes in
+    assert row.kept == 4
+    reached = lowest_threshold_for_precision(GOLD, PREDICTED, SCORES, [N, P], target=0.7)
+    assert reached is not None
+    assert reached.threshold == 0.52  # everything: macro precision 0.75
+    assert lowest_threshold_for_precision(["POSITIVE"], ["NEGATIVE"], [0.9], [N, P], 0.5) is None
+
+
+def test_tied_scores_are_kept_or_dropped_together() -> None:
+    rows = threshold_table(
+        ["POSITIVE", "NEGATIVE", "POSITIVE"],
+        ["POSITIVE", "POSITIVE", "POSITIVE"],
+        [0.8, 0.8, 0.6],
+        [N, P],
+        thresholds=[0.8, 0.7],
+    )
+    assert [row.kept for row in rows] == [2, 2]

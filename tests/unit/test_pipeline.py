@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
+from stream.core.aggregation import facts_records
 from stream.core.cleaning import CleaningRules
 from stream.core.pipeline import (
     BatchOutcome,
@@ -361,3 +362,20 @@ def test_next_offsets_commit_past_the_last_record_of_each_partition() -> None:
     ]
     assert next_offsets(records) == {(TOPIC, 1): 8, (TOPIC, 3): 1, ("other", 1): 42}
     assert next_offsets([]) == {}
+
+
+@pytest.mark.parametrize(("threshold", "uncertain"), [(0.9, True), (0.875, False), (0.7, False)])
+def test_events_below_the_confidence_threshold_are_uncertain_and_keep_their_label(
+    threshold: float, uncertain: bool
+) -> None:
+    config = PipelineConfig(confidence_threshold=threshold)
+    outcome, _ = run([record(message("good stuff"), 0), record(message("meh"), 1)], config)
+    assert [e.payload["uncertain"] for e in outcome.events] == [uncertain, uncertain]
+    assert [e.payload["label"] for e in outcome.events] == ["POSITIVE", "NEGATIVE"]
+    facts = [orjson.loads(r.value or b"") for r in facts_records(outcome, input_partitions=4)]
+    assert all(("u" in fact) == uncertain for r in facts for fact in r["facts"])
+
+
+def test_without_a_confidence_threshold_events_carry_no_uncertain_field() -> None:
+    outcome, _ = run([record(message("good stuff"), 0)])
+    assert "uncertain" not in outcome.events[0].payload

@@ -58,6 +58,7 @@ class Feeder:
         origin: str = "scored/0",
         offset: int | None = None,
         now_ms: int = 0,
+        uncertain: bool = False,
     ) -> FoldResult:
         if offset is None:
             offset = self.next_offset
@@ -70,6 +71,7 @@ class Feeder:
             model_name="minilm",
             origin=origin,
             offset=offset,
+            uncertain=uncertain,
         )
         return fold_event(self.state, fact, self.policy, now_ms)
 
@@ -646,6 +648,8 @@ def test_window_record_key_and_fields() -> None:
         "counts": {"POSITIVE": 2, "NEGATIVE": 1},
         "total": 3,
         "positive_ratio": pytest.approx(2 / 3),
+        "uncertain": 0,
+        "confident_positive_ratio": pytest.approx(2 / 3),
         "mean_score": pytest.approx(0.8),
         "late_events": 0,
         "final": False,
@@ -653,6 +657,33 @@ def test_window_record_key_and_fields() -> None:
         "stream_time": "2027-01-15T08:00:03.000Z",
     }
     orjson.dumps(value)  # the record is JSON-serialisable as it stands
+
+
+def test_uncertain_events_count_in_the_window_and_leave_the_confident_ratio() -> None:
+    feeder = new_feeder()
+    feeder.feed(BASE + 1_000, "POSITIVE", 0.95)
+    feeder.feed(BASE + 2_000, "POSITIVE", 0.55, uncertain=True)
+    feeder.feed(BASE + 3_000, "POSITIVE", 0.60, uncertain=True)
+    feeder.feed(BASE + 4_000, "NEGATIVE", 0.90)
+    window = feeder.state.open["tumbling"][BASE]
+
+    _key, value = window_record(
+        feeder.state, "tumbling", window, POLICY, final=False, format_time=format_time_ms
+    )
+
+    assert value["counts"] == {"POSITIVE": 3, "NEGATIVE": 1}
+    assert value["positive_ratio"] == pytest.approx(3 / 4)
+    assert value["uncertain"] == 2
+    assert value["confident_positive_ratio"] == pytest.approx(1 / 2)
+    # the uncertain counts survive the table's round trip
+    restored = KeyState.from_json(orjson.loads(snapshot(feeder.state)))
+    assert restored.open["tumbling"][BASE].uncertain == {"POSITIVE": 2}
+
+
+def test_a_state_saved_before_uncertain_counts_existed_still_loads() -> None:
+    window = WindowCounts.from_json({"start_ms": BASE, "counts": {"POSITIVE": 1}, "score_sum": 0.9})
+    assert window.uncertain == {}
+    assert window.confident_positive_ratio == 1.0
 
 
 def test_window_record_of_hopping_window_reports_size_and_step() -> None:
