@@ -13,7 +13,7 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,7 +134,7 @@ WindowKey = str  # "<key>|<kind>|<start>", as on the aggregates topic
 def expected_windows(inputs: list[Input], outputs: Outputs) -> dict[WindowKey, dict[str, Any]]:
     """Reference counts from the events the worker published (their labels and scores)."""
     windows: dict[WindowKey, dict[str, Any]] = defaultdict(
-        lambda: {"POSITIVE": 0, "NEGATIVE": 0, "score_sum": 0.0}
+        lambda: {"POSITIVE": 0, "NEGATIVE": 0, "score_sum": 0.0, "uncertain": Counter()}
     )
     for item in inputs:
         if item.kind != "on_time":
@@ -152,6 +152,8 @@ def expected_windows(inputs: list[Input], outputs: Outputs) -> dict[WindowKey, d
                     window = windows[f"{key}|{kind}|{format_time_ms(start)}"]
                     window[event["label"]] += 1
                     window["score_sum"] += event["score"]
+                    if event.get("uncertain"):
+                        window["uncertain"][event["label"]] += 1
     return dict(windows)
 
 
@@ -196,6 +198,11 @@ def assert_exact(
         polar = want["POSITIVE"] + want["NEGATIVE"]
         assert got["positive_ratio"] == pytest.approx(want["POSITIVE"] / polar)
         assert got["mean_score"] == pytest.approx(want["score_sum"] / polar)
+        unsure = want["uncertain"]
+        assert got["uncertain"] == sum(unsure.values()), window_key
+        sure = (want["POSITIVE"] - unsure["POSITIVE"], want["NEGATIVE"] - unsure["NEGATIVE"])
+        confident = sure[0] / sum(sure) if sum(sure) else None
+        assert got["confident_positive_ratio"] == pytest.approx(confident), window_key
     unexpected = {k for k in finals if k not in expected and not _flush_window(k)}
     assert not unexpected, f"finals for windows that should hold nothing: {sorted(unexpected)[:3]}"
 
@@ -235,11 +242,16 @@ def test_windows_are_exact_on_the_topic_and_over_http(
     collect: Collector,
     minilm: Path,
 ) -> None:
-    worker = start_worker(minilm, topics, **WORKER_ENV)
+    # A threshold between the negative (~0.99) and positive (~0.997) texts' scores: the negative
+    # events are uncertain, counted apart in their windows.
+    worker = start_worker(minilm, topics, SENTISTREAM_CONFIDENCE_THRESHOLD="0.995", **WORKER_ENV)
     inputs = feed_in_phases(kafka, topics, collect, worker, on_time_inputs())
 
-    _, expected, finals = run_and_collect(kafka, topics, collect, [worker], inputs)
+    outputs, expected, finals = run_and_collect(kafka, topics, collect, [worker], inputs)
     assert_exact(finals, expected)
+    flags = [copies[0]["uncertain"] for copies in outputs.events.values()]
+    assert any(flags), "no event below the threshold: the uncertain counts were not exercised"
+    assert not all(flags), "every event below the threshold"
 
     late = sum(1 for item in inputs if item.kind == "late")
     status, body = http_get(worker, "/aggregates?key=all&window=tumbling&last=100")
