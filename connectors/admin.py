@@ -42,7 +42,7 @@ def ensure_topics(
     """Create the topics that do not exist yet; returns the names created. ``compacted`` topics
     get ``cleanup.policy=compact`` (real Kafka only: the embedded broker does not compact)."""
     admin = AdminClient(kafka.librdkafka_config())
-    existing = set(admin.list_topics(timeout=timeout).topics)
+    existing = topic_names(kafka, timeout)
     wanted = [
         NewTopic(
             name,

@@ -52,6 +52,7 @@ class RunnerOptions:
     label_map: Mapping[str, Label] | None = None  # class name or index -> published label
     binary_threshold: float = 0.5  # single-logit heads: POSITIVE when sigmoid(logit) >= this
     max_length: int | None = None  # tokens per text; None: the model's own window
+    version_name: str | None = None  # the registry's version; None: revision or weights hash
 
     @classmethod
     def from_settings(cls, settings: Settings, model: str | None = None) -> RunnerOptions:
@@ -103,7 +104,7 @@ class SentimentRunner:
                 f"of {window} tokens; set at most {window}"
             )
         self.max_length = options.max_length or window
-        self._version = options.revision or model_version(model_id, model)
+        self._version = options.version_name or options.revision or model_version(model_id, model)
         self.forward = load_forward(
             self.backend,
             model,

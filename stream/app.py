@@ -42,6 +42,7 @@ from connectors.clients import (
     shorten_faust_fetch_wait,
 )
 from connectors.group_offsets import GroupOffsets, partition_name
+from connectors.model_control import ControlFollower, control_topic
 from connectors.transactions import TransactionalPublisher
 from stream.core.aggregation import (
     Aggregator,
@@ -59,6 +60,7 @@ from stream.core.health import (
     current_partitions,
     health_answer,
 )
+from stream.core.model_versions import ActiveModel, WorkerStatus
 from stream.core.pipeline import (
     BatchOutcome,
     Classifier,
@@ -74,6 +76,7 @@ from stream.faust_fixes import (
     fixed_transport_urls,
 )
 from stream.metrics import CONTENT_TYPE, WorkerMetrics
+from stream.model_swap import ModelLoader, ModelSlot, warm_up
 from stream.settings import Settings, pipeline_config
 
 log = logging.getLogger(__name__)
@@ -118,8 +121,11 @@ def window_policy(settings: Settings) -> WindowPolicy:
     )
 
 
-def create_app(settings: Settings, classifier: Classifier) -> faust.App:
-    """A Faust app that scores ``settings.topics.input_topic`` with ``classifier``."""
+def create_app(
+    settings: Settings, classifier: Classifier, load_model: ModelLoader | None = None
+) -> faust.App:
+    """A Faust app that scores ``settings.topics.input_topic`` with ``classifier``; with
+    ``load_model``, it follows the model control topic and swaps to each promoted version."""
     faust_kwargs = faust_settings(settings.kafka, settings.session_timeout_s)
     faust_kwargs["broker"] = fixed_transport_urls(faust_kwargs["broker"])
     app = faust.App(
@@ -159,6 +165,9 @@ def create_app(settings: Settings, classifier: Classifier) -> faust.App:
         backend=str(getattr(classifier, "backend", "custom")),
         device=str(getattr(classifier, "device", "unknown")),
     )
+    slot = ModelSlot(classifier)
+    if load_model is not None:
+        wire_model_control(app, settings, slot, load_model, metrics)
     # One scorer thread: the model runs off the event loop, so heartbeats and commits go on.
     scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
     max_wait_s = settings.batch_max_wait_ms / 1000
@@ -238,7 +247,7 @@ def create_app(settings: Settings, classifier: Classifier) -> faust.App:
                 # Scoring this take overlaps publishing the previous one (at most one of each in
                 # flight; takes are published and acked in the order they were read).
                 outcome = await loop.run_in_executor(
-                    scorer, process_batch, records, classifier, config, now_ms
+                    scorer, process_batch, records, slot.current, config, now_ms
                 )
                 if publishing is not None:
                     await finish(publishing)
@@ -261,10 +270,69 @@ def create_app(settings: Settings, classifier: Classifier) -> faust.App:
     @app.page("/health")
     class Health(View):
         async def get(self, request: Request) -> Response:
-            status, body = health.answer(model=classifier.name, version=classifier.version)
+            model = slot.current
+            status, body = health.answer(model=model.name, version=model.version)
             return self.json(body, status=status)
 
     return app
+
+
+def wire_model_control(
+    app: faust.App,
+    settings: Settings,
+    slot: ModelSlot,
+    load_model: ModelLoader,
+    metrics: WorkerMetrics,
+) -> None:
+    """Follow the control topic: each promoted version is loaded beside the running model and
+    swapped in at a batch boundary; every attempt is reported on the topic (``models list``)."""
+    topic_name = control_topic(settings.app_id)
+    status_topic = app.topic(topic_name, key_serializer="raw", value_serializer="raw")
+    worker = settings.group_instance_id or app.conf.canonical_url.human_repr()
+
+    async def report(active: ActiveModel, error: str | None) -> None:
+        status = WorkerStatus(worker, active.version, error is None, slot.version, error, now_ms())
+        await _send(status_topic, status.record(), partition=0)
+
+    async def swap_to(active: ActiveModel) -> None:
+        loop = asyncio.get_running_loop()
+        log.info("model control: loading %s (%s) beside %s", active.version, active.path,
+                 slot.version)  # fmt: skip
+        try:
+            candidate = await loop.run_in_executor(None, load_model, active)
+            await loop.run_in_executor(None, warm_up, candidate)
+        except Exception as exc:  # noqa: BLE001 - any failure leaves the worker on its model
+            metrics.model_load_failures.inc()
+            error = f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            log.error("model control: %s not loaded, staying on %s (%s)", active.version,
+                      slot.version, error)  # fmt: skip
+            await report(active, error)
+            return
+        previous = slot.swap(candidate)
+        metrics.model_swapped(
+            model=candidate.name,
+            version=candidate.version,
+            backend=str(getattr(candidate, "backend", "custom")),
+            device=str(getattr(candidate, "device", "unknown")),
+        )
+        log.info("model control: now scoring with %s (was %s)", candidate.version,
+                 previous.version)  # fmt: skip
+        await report(active, None)
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def follow_model_control() -> None:
+        loop = asyncio.get_running_loop()
+        follower = ControlFollower(settings.kafka, topic_name)
+        try:
+            state = await loop.run_in_executor(None, follower.read_to_end)
+            if state.active is not None and state.active.version != slot.version:
+                await swap_to(state.active)  # promoted between start-up and now
+            while not app.should_stop:
+                update = await loop.run_in_executor(None, follower.poll, 1.0)
+                if isinstance(update, ActiveModel) and update.version != slot.version:
+                    await swap_to(update)
+        finally:
+            follower.close()
 
 
 class WorkerHealth:

@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
@@ -22,6 +23,7 @@ from stream.core.errors import (
     SentistreamError,
     UnavailableError,
 )
+from stream.models_command import add_models_parser
 from stream.settings import Settings
 
 if TYPE_CHECKING:
@@ -31,6 +33,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("sentistream")
 Number = TypeVar("Number", int, float)
 
+# How long a starting worker tries to read the model control topic before it falls back to
+# SENTISTREAM_MODEL (its app follows the topic anyway, and swaps once the broker answers).
+CONTROL_START_TIMEOUT_S = 5.0
 REDACTED_LIBRARY_LOGGERS = ("faust", "aiokafka", "mode", "kafka")
 
 
@@ -49,12 +54,40 @@ def cmd_worker(_args: argparse.Namespace) -> int:
     from faust.worker import Worker
 
     from connectors.admin import ensure_topics, pipeline_topics
+    from connectors.model_control import control_topic, ensure_control_topic, read_control
+    from models.registry import ModelRegistry
     from models.runner import RunnerOptions, SentimentRunner
     from stream.app import create_app
+    from stream.core.model_versions import ActiveModel
 
     settings = Settings.from_env()
     configure_logging(settings.log_level)
-    runner = SentimentRunner(settings.model, RunnerOptions.from_settings(settings))
+    options = RunnerOptions.from_settings(settings)
+
+    def load_version(active: ActiveModel) -> SentimentRunner:
+        """A promoted registry version, from this worker's registry when it has one."""
+        path = active.path
+        if settings.model_registry is not None:
+            path = str(ModelRegistry(settings.model_registry).get(active.version).path)
+        return SentimentRunner(path, replace(options, version_name=active.version, revision=None))
+
+    topic = control_topic(settings.app_id)
+    active = None
+    try:
+        ensure_control_topic(settings.kafka, topic, timeout=CONTROL_START_TIMEOUT_S)
+        active = read_control(settings.kafka, topic, timeout=CONTROL_START_TIMEOUT_S).active
+    except UnavailableError as exc:  # the app follows the topic once the broker answers
+        log.warning("model control topic unreadable at start-up (%s); starting with "
+                    "SENTISTREAM_MODEL", exc)  # fmt: skip
+    runner = None
+    if active is not None:  # a worker that starts later runs the promoted version
+        try:
+            runner = load_version(active)
+        except SentistreamError as exc:
+            log.error("promoted model %s not loaded (%s); starting with SENTISTREAM_MODEL",
+                      active.version, exc)  # fmt: skip
+    if runner is None:
+        runner = SentimentRunner(settings.model, options)
     log.info(
         "model %s (%s) loaded: backend %s on %s",
         runner.name,
@@ -64,12 +97,13 @@ def cmd_worker(_args: argparse.Namespace) -> int:
     )
     ensure_topics(
         settings.kafka,
-        pipeline_topics(settings.topics, settings.app_id),
+        {**pipeline_topics(settings.topics, settings.app_id), topic: 1},
         replication_factor=settings.topics.replication_factor,
-        # A compacted aggregates topic keeps the latest state of every window.
-        compacted={settings.topics.aggregates_topic},
+        # A compacted aggregates topic keeps the latest state of every window; the control topic
+        # the latest model and the latest status of each worker.
+        compacted={settings.topics.aggregates_topic, topic},
     )
-    app = create_app(settings, runner)
+    app = create_app(settings, runner, load_model=load_version)
     worker = Worker(app, loglevel=settings.log_level, quiet=True)
     if settings.redact_text:
         # The Kafka libraries log record values at DEBUG; with redaction no text may reach a log.
@@ -586,6 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--with-meta", action="store_true", help="wrap each record with topic/partition/offset..."
     )
     tail.set_defaults(handler=cmd_tail, from_end=False)
+
+    add_models_parser(commands)
 
     bench = commands.add_parser(
         "bench",

@@ -76,12 +76,24 @@ class WorkerMetrics:
         ProcessCollector(registry=registry)  # process_resident_memory_bytes, cpu seconds, fds
         PlatformCollector(registry=registry)
         registry.register(PeakMemoryCollector())
-        Gauge(
+        self.model_info = Gauge(
             "sentistream_model_info",
             "The model this worker scores with (value is always 1).",
             ["model", "version", "backend", "device"],
             registry=registry,
-        ).labels(model, version, backend, device).set(1)
+        )
+        self.model_info.labels(model, version, backend, device).set(1)
+        self.model_swaps = Counter(
+            "sentistream_model_swaps",
+            "Switches to a promoted model version (hot swap, no restart).",
+            registry=registry,
+        )
+        self.model_load_failures = Counter(
+            "sentistream_model_load_failures",
+            "Promoted model versions that failed to load or to score the warm-up batch; the "
+            "worker kept its model.",
+            registry=registry,
+        )
         self.messages_in = Counter(
             "sentistream_messages_in", "Input records taken from Kafka.", registry=registry
         )
@@ -162,6 +174,11 @@ class WorkerMetrics:
         )
         self._real = 0
         self._padded = 0
+
+    def model_swapped(self, *, model: str, version: str, backend: str, device: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(model, version, backend, device).set(1)
+        self.model_swaps.inc()
 
     def record_batch(
         self, records: Sequence[RawRecord], outcome: BatchOutcome, published_ms: int

@@ -89,6 +89,7 @@ class Settings(BaseSettings):
     app_id: str = "sentistream"
     model: str = DEFAULT_MODEL
     model_revision: str | None = None
+    model_registry: Path | None = None
     device: str = "auto"
     backend: str = "auto"
     model_cache_dir: Path = Path("~/.cache/sentistream")
