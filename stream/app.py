@@ -52,6 +52,7 @@ from stream.core.aggregation import (
     parse_aggregates_query,
 )
 from stream.core.batching import collect_batch
+from stream.core.candidates import Candidate
 from stream.core.errors import EXIT_UNPUBLISHED
 from stream.core.health import (
     PartitionProgress,
@@ -122,10 +123,17 @@ def window_policy(settings: Settings) -> WindowPolicy:
 
 
 def create_app(
-    settings: Settings, classifier: Classifier, load_model: ModelLoader | None = None
+    settings: Settings,
+    classifier: Classifier,
+    load_model: ModelLoader | None = None,
+    *,
+    canary: Candidate | None = None,
+    shadow: Candidate | None = None,
 ) -> faust.App:
     """A Faust app that scores ``settings.topics.input_topic`` with ``classifier``; with
-    ``load_model``, it follows the model control topic and swaps to each promoted version."""
+    ``load_model``, it follows the model control topic and swaps to each promoted version; a
+    ``canary`` scores its share of the messages for real, a ``shadow`` its share for comparison
+    (``settings.topics.shadow_topic``)."""
     faust_kwargs = faust_settings(settings.kafka, settings.session_timeout_s)
     faust_kwargs["broker"] = fixed_transport_urls(faust_kwargs["broker"])
     app = faust.App(
@@ -157,6 +165,7 @@ def create_app(
     deadletter_topic = app.topic(
         topics.deadletter_topic, key_serializer="raw", value_serializer="raw"
     )
+    shadow_topic = app.topic(topics.shadow_topic, key_serializer="raw", value_serializer="raw")
     facts_topic, _aggregator = wire_aggregates(app, settings)
     config = pipeline_config(settings)
     metrics = WorkerMetrics(
@@ -183,14 +192,17 @@ def create_app(
         else None
     )
 
+    def score_take(records: Sequence[RawRecord], model: Classifier) -> BatchOutcome:
+        return process_batch(records, model, config, now_ms, canary=canary, shadow=shadow)
+
     async def publish(records: Sequence[RawRecord], outcome: BatchOutcome) -> None:
         """Send every output record and wait until the broker has acknowledged each one; with
         exactly-once, in one transaction that also commits the take's input offsets."""
         outputs = [(events_topic, record) for record in outcome.event_records()]
         outputs += [(deadletter_topic, record) for record in outcome.dead_letters]
-        outputs += [
-            (facts_topic, record) for record in facts_records(outcome, topics.input_partitions)
-        ]
+        facts = facts_records(outcome, topics.input_partitions, per_model=canary is not None)
+        outputs += [(facts_topic, record) for record in facts]
+        outputs += [(shadow_topic, record) for record in outcome.shadow]
         if transactions is not None:
             named = [(topic.get_topic_name(), record) for topic, record in outputs]
             await transactions.publish(named, next_offsets(records))
@@ -246,9 +258,7 @@ def create_app(
                 records = [raw_record(event.message) for event in events]
                 # Scoring this take overlaps publishing the previous one (at most one of each in
                 # flight; takes are published and acked in the order they were read).
-                outcome = await loop.run_in_executor(
-                    scorer, process_batch, records, slot.current, config, now_ms
-                )
+                outcome = await loop.run_in_executor(scorer, score_take, records, slot.current)
                 if publishing is not None:
                     await finish(publishing)
                 publishing = asyncio.ensure_future(publish_then_ack(events, records, outcome))

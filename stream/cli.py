@@ -15,6 +15,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from connectors.files import CsvOptions, FileFormat
+from stream.compare_command import add_compare_parser
 from stream.core.errors import (
     EXIT_CONFIGURATION,
     EXIT_INTERRUPTED,
@@ -28,6 +29,8 @@ from stream.settings import Settings
 
 if TYPE_CHECKING:
     from connectors.replay import Transform
+    from models.runner import RunnerOptions
+    from stream.core.candidates import Candidate
     from stream.core.replay_plan import ReplayRequest
 
 log = logging.getLogger("sentistream")
@@ -97,13 +100,27 @@ def cmd_worker(_args: argparse.Namespace) -> int:
     )
     ensure_topics(
         settings.kafka,
-        {**pipeline_topics(settings.topics, settings.app_id), topic: 1},
+        {
+            **pipeline_topics(settings.topics, settings.app_id),
+            topic: 1,
+            **(
+                {settings.topics.shadow_topic: settings.topics.input_partitions}
+                if settings.shadow_model
+                else {}
+            ),
+        },
         replication_factor=settings.topics.replication_factor,
         # A compacted aggregates topic keeps the latest state of every window; the control topic
         # the latest model and the latest status of each worker.
         compacted={settings.topics.aggregates_topic, topic},
     )
-    app = create_app(settings, runner, load_model=load_version)
+    app = create_app(
+        settings,
+        runner,
+        load_model=load_version,
+        canary=candidate(settings, settings.canary_model, settings.canary_fraction, options),
+        shadow=candidate(settings, settings.shadow_model, settings.shadow_fraction, options),
+    )
     worker = Worker(app, loglevel=settings.log_level, quiet=True)
     if settings.redact_text:
         # The Kafka libraries log record values at DEBUG; with redaction no text may reach a log.
@@ -117,6 +134,33 @@ def cmd_worker(_args: argparse.Namespace) -> int:
 
     worker.execute_from_commandline()
     return 0
+
+
+def candidate(
+    settings: Settings, reference: str | None, fraction: float, options: RunnerOptions
+) -> Candidate | None:
+    """A shadow or canary model: a registry version (``X.Y.Z``) or a checkpoint path or hub id."""
+    from models.registry import ModelRegistry
+    from models.runner import SentimentRunner
+    from stream.core.candidates import Candidate
+    from stream.core.model_versions import SEMVER
+
+    if not reference:
+        return None
+    if SEMVER.match(reference):
+        if settings.model_registry is None:
+            raise ConfigurationError(
+                f"{reference} names a registry version: set SENTISTREAM_MODEL_REGISTRY"
+            )
+        entry = ModelRegistry(settings.model_registry).get(reference)
+        runner = SentimentRunner(
+            str(entry.path), replace(options, version_name=entry.version, revision=None)
+        )
+    else:
+        runner = SentimentRunner(reference, replace(options, revision=None))
+    log.info("candidate model %s (%s) on %.0f%% of messages", runner.name, runner.version,
+             100 * fraction)  # fmt: skip
+    return Candidate(runner, fraction)
 
 
 def dump_tasks() -> None:
@@ -622,6 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.set_defaults(handler=cmd_tail, from_end=False)
 
     add_models_parser(commands)
+    add_compare_parser(commands)
 
     bench = commands.add_parser(
         "bench",

@@ -83,6 +83,23 @@ class WorkerMetrics:
             registry=registry,
         )
         self.model_info.labels(model, version, backend, device).set(1)
+        self.shadow_comparisons = Counter(
+            "sentistream_shadow_comparisons",
+            "Messages scored by the shadow model too, by whether the two labels agree.",
+            ["agree"],
+            registry=registry,
+        )
+        self.shadow_failures = Counter(
+            "sentistream_shadow_failures",
+            "Takes the shadow model could not score (the events were unaffected).",
+            registry=registry,
+        )
+        self.shadow_latency = Histogram(
+            "sentistream_shadow_model_seconds",
+            "Shadow model forward-pass time (compare sentistream_model_seconds).",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.model_swaps = Counter(
             "sentistream_model_swaps",
             "Switches to a promoted model version (hot swap, no restart).",
@@ -202,6 +219,12 @@ class WorkerMetrics:
             self._padded += scored.padded_tokens
         if self._padded:
             self.padding_efficiency.set(self._real / self._padded)
+        for agree, count in outcome.shadow_agreements.items():
+            self.shadow_comparisons.labels("true" if agree else "false").inc(count)
+        self.shadow_failures.inc(outcome.shadow_failures)
+        for scored in outcome.shadow_batches:
+            for ms in scored.forward_ms:
+                self.shadow_latency.observe(ms / 1000)
         for record in records:
             if record.timestamp_ms is not None and record.timestamp_ms > 0:
                 self.end_to_end_latency.observe(max(0, published_ms - record.timestamp_ms) / 1000)

@@ -75,6 +75,7 @@ class TopicSettings(BaseSettings):
     events_topic: str = "sentiment.events"
     deadletter_topic: str = "sentiment.deadletter"
     aggregates_topic: str = "sentiment.aggregates"
+    shadow_topic: str = "sentiment.shadow"
     input_partitions: int = Field(default=4, ge=1)
     replication_factor: int = Field(default=1, ge=1)
 
@@ -90,6 +91,10 @@ class Settings(BaseSettings):
     model: str = DEFAULT_MODEL
     model_revision: str | None = None
     model_registry: Path | None = None
+    shadow_model: str | None = None
+    shadow_fraction: float = Field(default=1.0, ge=0, le=1)
+    canary_model: str | None = None
+    canary_fraction: float = Field(default=0.1, ge=0, le=1)
     device: str = "auto"
     backend: str = "auto"
     model_cache_dir: Path = Path("~/.cache/sentistream")

@@ -34,6 +34,7 @@ from stream.core.windows import (
     close_due,
     close_idle,
     fold_event,
+    model_key,
     resume_partitions,
     window_record,
 )
@@ -47,9 +48,12 @@ def fact_key(key: str) -> bytes:
     return orjson.dumps(key)
 
 
-def facts_records(outcome: BatchOutcome, input_partitions: int) -> list[OutRecord]:
+def facts_records(
+    outcome: BatchOutcome, input_partitions: int, per_model: bool = False
+) -> list[OutRecord]:
     """The batch's facts, one record per aggregate key (keyed by it) listing that key's facts in
-    input order: a few records per batch rather than three per event."""
+    input order: a few records per batch rather than three per event. ``per_model`` (a canary
+    run): each event also counts under ``model=<the version that scored it>``."""
     facts: dict[str, list[dict[str, Any]]] = {}
     for event in outcome.events:
         message, prediction = event.message, event.prediction
@@ -64,7 +68,10 @@ def facts_records(outcome: BatchOutcome, input_partitions: int) -> list[OutRecor
         }
         if event.payload.get("uncertain"):
             value["u"] = 1
-        for key in aggregate_keys(message.source, message.channel):
+        keys = aggregate_keys(message.source, message.channel)
+        if per_model:
+            keys.append(model_key(str(event.payload["model_version"])))
+        for key in keys:
             facts.setdefault(key, []).append(value)
     return [
         OutRecord(key=fact_key(key), value=orjson.dumps({"facts": values}))

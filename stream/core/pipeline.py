@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from stream.core.batching import score_isolating_failures
+from stream.core.candidates import CANARY_SALT, SHADOW_SALT, Candidate, in_share, shadow_value
 from stream.core.cleaning import CleaningRules, clean_text
 from stream.core.codec import dead_letter_headers, decode_message, encode_json, format_time_ms
 from stream.core.errors import STAGE_OF_REASON, DeadLetterReason, PoisonRecord
@@ -73,6 +74,10 @@ class BatchOutcome:
     dead_letters: list[OutRecord] = field(default_factory=list)
     reasons: Counter[str] = field(default_factory=Counter)
     scored_batches: list[ScoredBatch] = field(default_factory=list)
+    shadow: list[OutRecord] = field(default_factory=list)  # one comparison per shadowed message
+    shadow_batches: list[ScoredBatch] = field(default_factory=list)
+    shadow_failures: int = 0  # takes the shadow could not score (the events are unaffected)
+    shadow_agreements: Counter[bool] = field(default_factory=Counter)  # labels equal? -> count
 
     def event_records(self) -> list[OutRecord]:
         return [
@@ -103,8 +108,16 @@ def process_batch(
     classifier: Classifier,
     config: PipelineConfig,
     now_ms: Callable[[], int],
+    *,
+    canary: Candidate | None = None,
+    shadow: Candidate | None = None,
 ) -> BatchOutcome:
-    """Turn ``records`` into events and dead letters; never raises for a bad record."""
+    """Turn ``records`` into events and dead letters; never raises for a bad record.
+
+    ``canary``: its share of the message ids is scored by the canary instead (the events say
+    which model scored them). ``shadow``: its share is scored again by the shadow after the
+    primary, and only compared (``outcome.shadow``); a shadow failure never touches the events.
+    """
     outcome = BatchOutcome()
 
     def dead_letter(record: RawRecord, reason: DeadLetterReason, detail: str) -> None:
@@ -127,21 +140,40 @@ def process_batch(
             continue
         ready.append(_Cleaned(record, message, text))
 
-    def score(chunk: Sequence[_Cleaned]) -> list[Prediction]:
-        scored = classifier.predict([item.text for item in chunk])
-        outcome.scored_batches.append(scored)
-        return scored.predictions
+    routes: list[tuple[Classifier, list[_Cleaned]]] = [(classifier, ready)]
+    if canary is not None:
+        to_canary = [in_share(item.message.id, canary.fraction, CANARY_SALT) for item in ready]
+        routes = [
+            (classifier, [item for item, c in zip(ready, to_canary, strict=True) if not c]),
+            (canary.classifier, [item for item, c in zip(ready, to_canary, strict=True) if c]),
+        ]
+    scored_items: list[tuple[_Cleaned, Prediction, Classifier]] = []
+    for model, items in routes:
+        if not items:
+            continue
 
-    done, failed = score_isolating_failures(ready, score)
-    for failure in failed:
-        error = failure.error
-        # A model's error message may quote its input: with redaction only the type is kept.
-        detail = type(error).__name__ if config.redact_text else f"{type(error).__name__}: {error}"
-        dead_letter(failure.item.record, DeadLetterReason.MODEL, detail)
+        def score(chunk: Sequence[_Cleaned], model: Classifier = model) -> list[Prediction]:
+            scored = model.predict([item.text for item in chunk])
+            outcome.scored_batches.append(scored)
+            return scored.predictions
 
+        done, failed = score_isolating_failures(items, score)
+        for failure in failed:
+            error = failure.error
+            # A model's error message may quote its input: with redaction only the type is kept.
+            detail = (
+                type(error).__name__ if config.redact_text else f"{type(error).__name__}: {error}"
+            )
+            dead_letter(failure.item.record, DeadLetterReason.MODEL, detail)
+        scored_items += [(item, prediction, model) for item, prediction in done]
+
+    # Input order: the windows keep the highest input offset counted per partition, so facts must
+    # leave in the order their records were read.
+    position = {id(item): index for index, item in enumerate(ready)}
+    scored_items.sort(key=lambda entry: position[id(entry[0])])
     processed_at_ms = now_ms()
-    for item, prediction in done:
-        payload = enrich(item.message, item.text, prediction, classifier, config, processed_at_ms)
+    for item, prediction, model in scored_items:
+        payload = enrich(item.message, item.text, prediction, model, config, processed_at_ms)
         record = item.record
         outcome.events.append(
             ScoredEvent(
@@ -153,7 +185,29 @@ def process_batch(
                 offset=record.offset,
             )
         )
+    if shadow is not None:
+        texts = {id(item.message): item.text for item in ready}
+        compare_with_shadow(outcome, shadow, texts)
     return outcome
+
+
+def compare_with_shadow(outcome: BatchOutcome, shadow: Candidate, texts: dict[int, str]) -> None:
+    """Score the shadow's share of the events with the shadow; record each comparison."""
+    sampled = [e for e in outcome.events if in_share(e.message.id, shadow.fraction, SHADOW_SALT)]
+    if not sampled:
+        return
+    try:
+        scored = shadow.classifier.predict([texts[id(event.message)] for event in sampled])
+    except Exception:  # noqa: BLE001 - the shadow must never cost the primary its results
+        outcome.shadow_failures += 1
+        return
+    outcome.shadow_batches.append(scored)
+    for event, prediction in zip(sampled, scored.predictions, strict=True):
+        value = shadow_value(
+            event.message, event.prediction, event.payload, prediction, shadow.classifier
+        )
+        outcome.shadow.append(OutRecord(key=event.message.id.encode(), value=value))
+        outcome.shadow_agreements[event.prediction.label == prediction.label] += 1
 
 
 def enrich(

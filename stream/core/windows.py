@@ -89,6 +89,9 @@ def default_policy(
     )
 
 
+MODEL_KEY_PREFIX = "model="
+
+
 def aggregate_keys(source: str | None, channel: str | None) -> list[str]:
     """The keys one event counts under: overall, per source, per source and channel."""
     source_key = f"source={source or UNKNOWN_SOURCE}"
@@ -98,10 +101,18 @@ def aggregate_keys(source: str | None, channel: str | None) -> list[str]:
     return keys
 
 
+def model_key(model_version: str) -> str:
+    """The key a canary run counts each event under as well: the version that scored it."""
+    return f"{MODEL_KEY_PREFIX}{model_version}"
+
+
 def describe_key(key: str) -> dict[str, str | None]:
     """``source=x,channel=y`` -> ``{"dimension": "channel", "source": "x", "channel": "y"}``."""
     if key == GLOBAL_KEY:
         return {"dimension": "all", "source": None, "channel": None}
+    if key.startswith(MODEL_KEY_PREFIX):
+        return {"dimension": "model", "source": None, "channel": None,
+                "model_version": key.removeprefix(MODEL_KEY_PREFIX)}  # fmt: skip
     source_part, _, channel_part = key.partition(",channel=")
     source = source_part.removeprefix("source=")
     if channel_part:

@@ -9,6 +9,7 @@ import time
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -184,3 +185,70 @@ def _listed(capsys: pytest.CaptureFixture[str], text: str) -> bool:
     assert main(["models", "list"]) == 0
     listing = capsys.readouterr().out
     return text in listing and "runs 1.1.0" in listing
+
+
+def test_a_canary_and_a_shadow_run_beside_the_primary_and_compare_reports_them(
+    registry: Path,
+    kafka: KafkaSettings,
+    topics: TopicSettings,
+    start_worker: WorkerFactory,
+    collect: Collector,
+    minilm: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Canary 1.1.0 (the folded one-logit copy: same labels) scores half of the messages; a
+    shadow (1.1.0 again) re-scores every message after whichever model scored it."""
+    shadow_topic = f"{topics.input_topic}.shadow"
+    worker = start_worker(
+        minilm,
+        topics,
+        SENTISTREAM_BACKEND="torch-fp32",
+        SENTISTREAM_MODEL_REGISTRY=str(registry),
+        SENTISTREAM_CANARY_MODEL="1.1.0",
+        SENTISTREAM_CANARY_FRACTION="0.5",
+        SENTISTREAM_SHADOW_MODEL="1.1.0",
+        SENTISTREAM_SHADOW_TOPIC=shadow_topic,
+    )
+    producer = RecordProducer(kafka)
+    ids = [f"cs-{i:03d}" for i in range(200)]
+    for index, message_id in enumerate(ids):
+        good = index % 3 != 0
+        text = f"{index}: {'what a great day, love it' if good else 'awful, I hate this'}"
+        value = {"id": message_id, "text": text, "label": "POSITIVE" if good else "NEGATIVE"}
+        producer.send(topics.input_topic, orjson.dumps(value), key=message_id.encode())
+    producer.flush()
+    outputs = collect(topics, expected=len(ids), worker=worker)
+
+    versions = {m: str(copies[0]["model_version"]) for m, copies in outputs.events.items()}
+    canaried = [m for m, v in versions.items() if v == "1.1.0"]
+    assert 60 < len(canaried) < 140, "about half go to the canary"
+    primary_versions = set(versions.values()) - {"1.1.0"}
+    assert len(primary_versions) == 1, primary_versions
+    assert primary_versions.pop().startswith("sha256:"), "the rest: SENTISTREAM_MODEL's weights"
+
+    monkeypatch.setenv("SENTISTREAM_SHADOW_TOPIC", shadow_topic)
+    monkeypatch.setenv("SENTISTREAM_EVENTS_TOPIC", topics.events_topic)
+    capsys.readouterr()
+    assert main(["compare", "--shadow"]) == 0
+    report = capsys.readouterr().out
+    assert "vs shadow 1.1.0: " in report
+    assert report.count("agreement 100.00%") == 2, report  # primary and canary both vs the shadow
+    assert "accuracy on" in report
+    assert main(["compare", "--canary"]) == 0
+    versions_report = capsys.readouterr().out
+    canary_row = next(line for line in versions_report.splitlines() if line.startswith("1.1.0"))
+    assert f" {len(canaried)} " in canary_row, versions_report
+
+    # windows per model version, served over HTTP
+    status, body = _get(worker, "/aggregates/keys")
+    assert status == 200
+    assert "model=1.1.0" in body["keys"], body
+
+
+def _get(worker: WorkerProcess, path: str) -> tuple[int, dict[str, Any]]:
+    import json
+
+    url = f"http://127.0.0.1:{worker.env['SENTISTREAM_WEB_PORT']}{path}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.status, json.loads(response.read())

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import orjson
 import pytest
 
 from stream.core.aggregation import facts_records
+from stream.core.candidates import CANARY_SALT, SHADOW_SALT, Candidate, in_share
 from stream.core.cleaning import CleaningRules
 from stream.core.pipeline import (
     BatchOutcome,
@@ -379,3 +381,90 @@ def test_events_below_the_confidence_threshold_are_uncertain_and_keep_their_labe
 def test_without_a_confidence_threshold_events_carry_no_uncertain_field() -> None:
     outcome, _ = run([record(message("good stuff"), 0)])
     assert "uncertain" not in outcome.events[0].payload
+
+
+# --- canary and shadow --------------------------------------------------------------------------
+
+
+class RenamedClassifier(FakeClassifier):
+    """The fake model under another version; ``flip`` inverts its labels."""
+
+    def __init__(self, version: str, flip: bool = False, fail: bool = False) -> None:
+        super().__init__()
+        self._version, self.flip, self.fail = version, flip, fail
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    def predict(self, texts: Sequence[str]) -> ScoredBatch:
+        if self.fail:
+            raise RuntimeError("shadow broke")
+        scored = super().predict(texts)
+        if not self.flip:
+            return scored
+        flipped = [
+            replace(p, label="NEGATIVE" if p.label == "POSITIVE" else "POSITIVE")
+            for p in scored.predictions
+        ]
+        return replace(scored, predictions=flipped)
+
+
+def many_records(count: int) -> list[RawRecord]:
+    return [record(message("good stuff" if i % 2 else "meh", id=f"m{i}"), i) for i in range(count)]
+
+
+def test_in_share_is_stable_and_close_to_the_fraction() -> None:
+    ids = [f"message-{i}" for i in range(4000)]
+    share = [in_share(m, 0.25, CANARY_SALT) for m in ids]
+    assert share == [in_share(m, 0.25, CANARY_SALT) for m in ids]
+    assert 0.22 < sum(share) / len(ids) < 0.28
+    assert all(in_share(m, 1.0, CANARY_SALT) for m in ids[:10])
+    assert not any(in_share(m, 0.0, CANARY_SALT) for m in ids[:10])
+    # shadow and canary samples are independent of each other
+    assert share != [in_share(m, 0.25, SHADOW_SALT) for m in ids]
+
+
+def test_a_canary_scores_its_share_and_events_say_which_model_scored_them() -> None:
+    records = many_records(200)
+    canary = Candidate(RenamedClassifier("2.0.0"), fraction=0.3)
+    outcome = process_batch(records, FakeClassifier(), PipelineConfig(), fixed_clock, canary=canary)
+    versions = {e.message.id: e.payload["model_version"] for e in outcome.events}
+    assert len(versions) == 200, "every record is one event"
+    for message_id, version in versions.items():
+        assert version == ("2.0.0" if in_share(message_id, 0.3, CANARY_SALT) else "fake-1")
+    assert 40 < list(versions.values()).count("2.0.0") < 80
+    assert [e.offset for e in outcome.events] == sorted(e.offset for e in outcome.events), (
+        "events leave in input order (the windows dedupe by the highest offset)"
+    )
+    facts = facts_records(outcome, input_partitions=4, per_model=True)
+    keys = {orjson.loads(r.key or b"") for r in facts}
+    assert {"model=2.0.0", "model=fake-1"} <= keys
+
+
+def test_a_shadow_is_compared_and_never_changes_the_events() -> None:
+    records = many_records(100)
+    plain = process_batch(records, FakeClassifier(), PipelineConfig(), fixed_clock)
+    shadow = Candidate(RenamedClassifier("9.9.9", flip=True), fraction=0.5)
+    shadowed = process_batch(
+        records, FakeClassifier(), PipelineConfig(), fixed_clock, shadow=shadow
+    )
+    assert [e.payload for e in shadowed.events] == [e.payload for e in plain.events]
+    compared = [orjson.loads(r.value or b"") for r in shadowed.shadow]
+    assert {c["id"] for c in compared} == {
+        e.message.id for e in plain.events if in_share(e.message.id, 0.5, SHADOW_SALT)
+    }
+    assert all(not c["agree"] for c in compared), "the flipped shadow disagrees on every message"
+    assert {c["shadow"]["model_version"] for c in compared} == {"9.9.9"}
+    assert {c["primary"]["model_version"] for c in compared} == {"fake-1"}
+    assert shadowed.shadow_agreements == {False: len(compared)}
+
+
+def test_a_failing_shadow_costs_the_primary_nothing() -> None:
+    records = many_records(10)
+    shadow = Candidate(RenamedClassifier("9.9.9", fail=True), fraction=1.0)
+    outcome = process_batch(records, FakeClassifier(), PipelineConfig(), fixed_clock, shadow=shadow)
+    assert len(outcome.events) == 10
+    assert not outcome.dead_letters
+    assert outcome.shadow == []
+    assert outcome.shadow_failures == 1
