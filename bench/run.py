@@ -100,6 +100,7 @@ class BenchOptions:
     brokers: Sequence[str] = ("embedded",)  # end to end on each: "kafka", "embedded"
     # end to end with each processing guarantee; exactly_once runs on Apache Kafka only
     guarantees: Sequence[str] = ("at_least_once",)
+    shadow: bool = False  # also end to end with the same model as a shadow of itself
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -211,6 +212,7 @@ class EndToEnd:
         opts: BenchOptions,
         broker_pid: int,
         guarantee: str = "at_least_once",
+        shadow: bool = False,
     ) -> None:
         self.kafka = kafka
         self.broker_pid = broker_pid
@@ -246,6 +248,9 @@ class EndToEnd:
             "SENTISTREAM_LOG_LEVEL": "warning",
             "SENTISTREAM_PROCESSING_GUARANTEE": guarantee,
         }
+        if shadow:  # the same model again, on every message: the cost of a shadow
+            env["SENTISTREAM_SHADOW_MODEL"] = str(model)
+            env["SENTISTREAM_SHADOW_TOPIC"] = f"bench.{suffix}.shadow"
         self.worker = WorkerProcess(env, log_path=base / f"worker-{backend}-{suffix}.log")
         self.produced_ms: dict[str, int] = {}
 
@@ -415,15 +420,19 @@ def run_bench(opts: BenchOptions, say: Callable[[str], None] = print) -> Report:
                 bootstrap_servers=broker.bootstrap_servers, broker_profile=broker.profile
             )
             runs = [
-                (backend, guarantee)
+                (backend, guarantee, False)
                 for backend in opts.backends
                 for guarantee in opts.guarantees
                 if guarantee == "at_least_once" or not kafka.embedded
             ]
-            for backend, guarantee in runs:
-                label = broker_label(name, guarantee)
+            if opts.shadow:
+                runs += [(backend, "at_least_once", True) for backend in opts.backends]
+            for backend, guarantee, shadow in runs:
+                label = broker_label(name, guarantee, shadow)
                 say(f"(c) end to end on {label}, {backend}: max rate ...")
-                with EndToEnd(kafka, model, backend, opts, broker.pid or 0, guarantee) as e2e:
+                with EndToEnd(
+                    kafka, model, backend, opts, broker.pid or 0, guarantee, shadow
+                ) as e2e:
                     fast = e2e.measure(tag(mix, "max"), None, "end to end, max rate")
                     report.rows.append(replace(fast, broker=label))
                     rate = fast.msg_per_s / 2
@@ -441,11 +450,16 @@ def run_bench(opts: BenchOptions, say: Callable[[str], None] = print) -> Report:
 
 
 EXACTLY_ONCE_SUFFIX = ", exactly-once"
+SHADOW_SUFFIX = ", shadow"
 
 
-def broker_label(broker: str, guarantee: str) -> str:
-    """The table's broker column: the broker, and the guarantee when it is exactly-once."""
-    return broker + (EXACTLY_ONCE_SUFFIX if guarantee == "exactly_once" else "")
+def broker_label(broker: str, guarantee: str, shadow: bool = False) -> str:
+    """The table's broker column: the broker, and what differs from a plain run."""
+    return (
+        broker
+        + (EXACTLY_ONCE_SUFFIX if guarantee == "exactly_once" else "")
+        + (SHADOW_SUFFIX if shadow else "")
+    )
 
 
 def start_broker(name: str, base: Path) -> BrokerProcess:
@@ -568,6 +582,7 @@ def render(report: Report) -> str:
         )
     lines += broker_comparison(report)
     lines += guarantee_comparison(report)
+    lines += shadow_comparison(report)
     if report.accuracy:
         lines += [
             "",
@@ -623,30 +638,44 @@ def broker_comparison(report: Report) -> list[str]:
 def guarantee_comparison(report: Report) -> list[str]:
     """Exactly-once beside at-least-once on Apache Kafka, per backend and phase: the cost of
     transactions."""
+    return variant_comparison(report, EXACTLY_ONCE_SUFFIX, "at-least-once", "exactly-once")
+
+
+def shadow_comparison(report: Report) -> list[str]:
+    """The same model as its own shadow beside no shadow: what a shadow costs the stream."""
+    return variant_comparison(report, SHADOW_SUFFIX, "no shadow", "shadow")
+
+
+def variant_comparison(report: Report, suffix: str, plain_name: str, name: str) -> list[str]:
     e2e = [r for r in report.rows if r.run.startswith("end to end")]
     pairs = []
-    for eos in (r for r in e2e if r.broker.endswith(EXACTLY_ONCE_SUFFIX)):
-        plain = eos.broker.removesuffix(EXACTLY_ONCE_SUFFIX)
-        alo = next(
-            (r for r in e2e if r.broker == plain and (r.run, r.backend) == (eos.run, eos.backend)),
+    for variant in (r for r in e2e if r.broker.endswith(suffix)):
+        plain = variant.broker.removesuffix(suffix)
+        base = next(
+            (
+                r
+                for r in e2e
+                if r.broker == plain and (r.run, r.backend) == (variant.run, variant.backend)
+            ),
             None,
         )
-        if alo is not None:
-            pairs.append((alo, eos))
+        if base is not None:
+            pairs.append((base, variant))
     if not pairs:
         return []
     lines = [
         "",
-        "| run | backend | msg/s at-least-once | msg/s exactly-once | exactly-once / at-least-once "
-        "| p95 ms at-least-once | p95 ms exactly-once | worker cores at-least-once | "
-        "worker cores exactly-once |",
+        f"| run | backend | msg/s {plain_name} | msg/s {name} | {name} / {plain_name} "
+        f"| p95 ms {plain_name} | p95 ms {name} | worker cores {plain_name} | "
+        f"worker cores {name} |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for alo, eos in pairs:
+    for base, variant in pairs:
         lines.append(
-            f"| {alo.run} | {alo.backend} | {alo.msg_per_s:.1f} | {eos.msg_per_s:.1f} | "
-            f"{eos.msg_per_s / alo.msg_per_s:.2f} | {_fmt(alo.p95_ms, 0)} | {_fmt(eos.p95_ms, 0)} "
-            f"| {_fmt(alo.cores_worker, 2)} | {_fmt(eos.cores_worker, 2)} |"
+            f"| {base.run} | {base.backend} | {base.msg_per_s:.1f} | {variant.msg_per_s:.1f} | "
+            f"{variant.msg_per_s / base.msg_per_s:.2f} | {_fmt(base.p95_ms, 0)} | "
+            f"{_fmt(variant.p95_ms, 0)} | {_fmt(base.cores_worker, 2)} | "
+            f"{_fmt(variant.cores_worker, 2)} |"
         )
     return lines
 

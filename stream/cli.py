@@ -357,6 +357,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         guarantees=(
             ["at_least_once", "exactly_once"] if args.guarantee == "both" else [args.guarantee]
         ),
+        shadow=args.shadow,
     )
     if "exactly_once" in options.guarantees and "kafka" not in options.brokers:
         raise ConfigurationError("exactly_once runs on Apache Kafka (--broker kafka or both)")
@@ -690,6 +691,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="at_least_once",
         help="end to end with at-least-once (default), exactly-once (Apache Kafka only: "
         "transactions), or both, compared in one table",
+    )
+    bench.add_argument(
+        "--shadow",
+        action="store_true",
+        help="also end to end with the model as its own shadow (what a shadow costs)",
     )
     bench.add_argument("--batch-size", type=int, default=16)
     bench.add_argument("--threads", type=int, default=2, help="model threads (default 2)")

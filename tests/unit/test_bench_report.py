@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from bench.run import Report, Row, broker_comparison, broker_label, guarantee_comparison
+from bench.run import (
+    Report,
+    Row,
+    broker_comparison,
+    broker_label,
+    guarantee_comparison,
+    shadow_comparison,
+)
 
 
 def e2e(broker: str, msg_per_s: float, run: str = "end to end, max rate") -> Row:
@@ -31,3 +38,14 @@ def test_no_comparison_without_an_exactly_once_row() -> None:
     report.rows = [e2e("kafka", 100.0), e2e("embedded", 120.0)]
     assert guarantee_comparison(report) == []
     assert broker_label("kafka", "at_least_once") == "kafka"
+
+
+def test_the_shadow_run_is_compared_with_the_plain_run_of_its_broker() -> None:
+    report = Report(machine="m", settings={})
+    report.rows = [
+        e2e("embedded", 100.0),
+        e2e(broker_label("embedded", "at_least_once", shadow=True), 60.0),
+    ]
+    rows = [line for line in shadow_comparison(report) if line.startswith("| end to end")]
+    assert rows == ["| end to end, max rate | onnx-int8 | 100.0 | 60.0 | 0.60 | - | - | - | - |"]
+    assert guarantee_comparison(report) == []
