@@ -144,6 +144,24 @@ def bench_naive(model: Path, texts: Sequence[str], threads: int) -> Row:
 # --- (b) offline ----------------------------------------------------------------------------------
 
 
+def bench_language(texts: Sequence[str]) -> Row:
+    """What the events' lang_detected costs: the offline language identifier alone."""
+    from models.language import LanguageIdentifier
+
+    identify = LanguageIdentifier()
+    identify(texts[:10])  # loads the model
+    started = time.perf_counter()
+    identify(texts)
+    elapsed = time.perf_counter() - started
+    return Row(
+        run="language detection (fastText lite)",
+        backend="-",
+        messages=len(texts),
+        msg_per_s=len(texts) / elapsed,
+        model_ms_per_message=1000 * elapsed / len(texts),
+    )
+
+
 def load_runner(model: Path, backend: str, opts: BenchOptions) -> SentimentRunner:
     """The runner as the bench's workers run it: batch size, threads, the shared export cache."""
     from models.runner import RunnerOptions, SentimentRunner
@@ -413,6 +431,9 @@ def run_bench(opts: BenchOptions, say: Callable[[str], None] = print) -> Report:
     for backend in opts.backends:
         say(f"(b) runner offline, {backend} ...")
         report.rows.append(bench_offline(model, texts, backend, opts))
+
+    say("language detection on the mix ...")
+    report.rows.append(bench_language(texts))
 
     for name in opts.brokers:
         with start_broker(name, base) as broker:

@@ -65,6 +65,7 @@ from stream.core.model_versions import ActiveModel, WorkerStatus
 from stream.core.pipeline import (
     BatchOutcome,
     Classifier,
+    LanguageDetector,
     OutRecord,
     next_offsets,
     process_batch,
@@ -129,6 +130,7 @@ def create_app(
     *,
     canary: Candidate | None = None,
     shadow: Candidate | None = None,
+    detect_languages: LanguageDetector | None = None,
 ) -> faust.App:
     """A Faust app that scores ``settings.topics.input_topic`` with ``classifier``; with
     ``load_model``, it follows the model control topic and swaps to each promoted version; a
@@ -193,7 +195,10 @@ def create_app(
     )
 
     def score_take(records: Sequence[RawRecord], model: Classifier) -> BatchOutcome:
-        return process_batch(records, model, config, now_ms, canary=canary, shadow=shadow)
+        return process_batch(
+            records, model, config, now_ms,
+            canary=canary, shadow=shadow, detect_languages=detect_languages,
+        )  # fmt: skip
 
     async def publish(records: Sequence[RawRecord], outcome: BatchOutcome) -> None:
         """Send every output record and wait until the broker has acknowledged each one; with

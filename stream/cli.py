@@ -58,6 +58,7 @@ def cmd_worker(_args: argparse.Namespace) -> int:
 
     from connectors.admin import ensure_topics, pipeline_topics
     from connectors.model_control import control_topic, ensure_control_topic, read_control
+    from models.language import LanguageIdentifier
     from models.registry import ModelRegistry
     from models.runner import RunnerOptions, SentimentRunner
     from stream.app import create_app
@@ -120,6 +121,7 @@ def cmd_worker(_args: argparse.Namespace) -> int:
         load_model=load_version,
         canary=candidate(settings, settings.canary_model, settings.canary_fraction, options),
         shadow=candidate(settings, settings.shadow_model, settings.shadow_fraction, options),
+        detect_languages=LanguageIdentifier() if settings.detect_language else None,
     )
     worker = Worker(app, loglevel=settings.log_level, quiet=True)
     if settings.redact_text:

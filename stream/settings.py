@@ -102,6 +102,8 @@ class Settings(BaseSettings):
     label_map: str | None = None
     binary_threshold: float = Field(default=0.5, gt=0, lt=1)
     confidence_threshold: float | None = Field(default=None, ge=0, le=1)
+    detect_language: bool = True
+    languages: str | None = None
     max_length: int | None = Field(default=None, ge=2)
     batch_size: int = Field(default=16, ge=1)
     batch_take: int = Field(default=128, ge=1)
@@ -164,6 +166,9 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
         max_message_bytes=settings.max_message_bytes,
         redact_text=settings.redact_text,
         confidence_threshold=settings.confidence_threshold,
+        languages=frozenset(
+            code.strip().lower() for code in (settings.languages or "").split(",") if code.strip()
+        ),
         cleaning=CleaningRules(
             mentions=settings.clean_mentions,
             urls=settings.clean_urls,

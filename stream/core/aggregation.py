@@ -68,6 +68,8 @@ def facts_records(
         }
         if event.payload.get("uncertain"):
             value["u"] = 1
+        if event.payload.get("out_of_scope"):
+            value["x"] = 1
         keys = aggregate_keys(message.source, message.channel)
         if per_model:
             keys.append(model_key(str(event.payload["model_version"])))
@@ -100,6 +102,7 @@ def fact_from(key: str, value: Mapping[str, Any]) -> ScoredFact:
         offset=int(value["n"]),
         partitions=int(value.get("p", 1)),
         uncertain=bool(value.get("u", 0)),
+        in_scope=not value.get("x", 0),
     )
 
 

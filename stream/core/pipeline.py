@@ -19,6 +19,9 @@ from stream.core.codec import dead_letter_headers, decode_message, encode_json, 
 from stream.core.errors import STAGE_OF_REASON, DeadLetterReason, PoisonRecord
 from stream.core.records import Message, Prediction, RawRecord, ScoredBatch
 
+# Cleaned texts -> an ISO 639-1 code per text (None: could not tell).
+LanguageDetector = Callable[[Sequence[str]], list[str | None]]
+
 
 class Classifier(Protocol):
     """What the pipeline needs of a model (``models.runner.SentimentRunner`` in production)."""
@@ -40,6 +43,9 @@ class PipelineConfig:
     # Events whose score (the chosen label's probability) is below this carry ``uncertain: true``
     # (their label is kept); None: no event carries the field.
     confidence_threshold: float | None = None
+    # Languages in scope (ISO 639-1); events in others carry ``out_of_scope: true`` and windows
+    # count them apart. Empty: every language is in scope.
+    languages: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +117,7 @@ def process_batch(
     *,
     canary: Candidate | None = None,
     shadow: Candidate | None = None,
+    detect_languages: LanguageDetector | None = None,
 ) -> BatchOutcome:
     """Turn ``records`` into events and dead letters; never raises for a bad record.
 
@@ -140,6 +147,10 @@ def process_batch(
             continue
         ready.append(_Cleaned(record, message, text))
 
+    detected = (
+        detect_languages([item.text for item in ready]) if detect_languages else [None] * len(ready)
+    )
+    languages = {id(item): lang for item, lang in zip(ready, detected, strict=True)}
     routes: list[tuple[Classifier, list[_Cleaned]]] = [(classifier, ready)]
     if canary is not None:
         to_canary = [in_share(item.message.id, canary.fraction, CANARY_SALT) for item in ready]
@@ -173,7 +184,8 @@ def process_batch(
     scored_items.sort(key=lambda entry: position[id(entry[0])])
     processed_at_ms = now_ms()
     for item, prediction, model in scored_items:
-        payload = enrich(item.message, item.text, prediction, model, config, processed_at_ms)
+        payload = enrich(item.message, item.text, prediction, model, config, processed_at_ms,
+                         languages[id(item)])  # fmt: skip
         record = item.record
         outcome.events.append(
             ScoredEvent(
@@ -217,8 +229,10 @@ def enrich(
     classifier: Classifier,
     config: PipelineConfig,
     processed_at_ms: int,
+    detected_language: str | None = None,
 ) -> dict[str, Any]:
-    """The enriched event as published (value JSON; the key is the message id)."""
+    """The enriched event as published (value JSON; the key is the message id). The message's
+    own ``lang`` wins over ``detected_language``."""
     payload: dict[str, Any] = {
         "id": message.id,
         "source": message.source,
@@ -238,6 +252,11 @@ def enrich(
         "event_time": format_time_ms(message.event_time_ms),
         "processed_at": format_time_ms(processed_at_ms),
     }
+    language = message.lang or detected_language
+    if detected_language is not None or message.lang is not None:
+        payload["lang_detected"] = language
+    if config.languages:
+        payload["out_of_scope"] = (language or "").lower() not in config.languages
     if config.confidence_threshold is not None:
         payload["uncertain"] = prediction.score < config.confidence_threshold
     if message.gold_label is not None:

@@ -132,6 +132,7 @@ class WindowCounts:
     counts: dict[str, int] = field(default_factory=dict)
     score_sum: float = 0.0
     uncertain: dict[str, int] = field(default_factory=dict)  # label -> events below the threshold
+    out_of_scope: int = 0  # events in a language outside SENTISTREAM_LANGUAGES: not in ``counts``
 
     @property
     def total(self) -> int:
@@ -153,7 +154,10 @@ class WindowCounts:
     def mean_score(self) -> float | None:
         return self.score_sum / self.total if self.total else None
 
-    def add(self, label: str, score: float, uncertain: bool = False) -> None:
+    def add(self, label: str, score: float, uncertain: bool = False, in_scope: bool = True) -> None:
+        if not in_scope:
+            self.out_of_scope += 1
+            return
         self.counts[label] = self.counts.get(label, 0) + 1
         self.score_sum += score
         if uncertain:
@@ -167,6 +171,8 @@ class WindowCounts:
         }
         if self.uncertain:
             data["uncertain"] = self.uncertain
+        if self.out_of_scope:
+            data["out_of_scope"] = self.out_of_scope
         return data
 
     @classmethod
@@ -176,6 +182,7 @@ class WindowCounts:
             dict(data["counts"]),
             float(data["score_sum"]),
             dict(data.get("uncertain", {})),  # states saved before the threshold existed
+            int(data.get("out_of_scope", 0)),
         )
 
 
@@ -192,6 +199,7 @@ class ScoredFact:
     offset: int
     partitions: int = 1  # how many partitions the input topic has
     uncertain: bool = False  # scored below the confidence threshold
+    in_scope: bool = True  # False: a language outside SENTISTREAM_LANGUAGES, counted apart
 
     @property
     def origins(self) -> list[str]:
@@ -303,7 +311,7 @@ def fold_event(
                     missed = True
                     continue
                 window = windows[start] = WindowCounts(start)
-            window.add(fact.label, fact.score, fact.uncertain)
+            window.add(fact.label, fact.score, fact.uncertain, fact.in_scope)
             result.updated.append((spec.kind, window))
         if missed:
             state.late[spec.kind] = state.late.get(spec.kind, 0) + 1
@@ -430,6 +438,7 @@ def window_record(
         "total": window.total,
         "positive_ratio": window.positive_ratio,
         "uncertain": sum(window.uncertain.values()),
+        "out_of_scope": window.out_of_scope,
         "confident_positive_ratio": window.confident_positive_ratio,
         "mean_score": window.mean_score,
         "late_events": state.late.get(kind, 0),

@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.broker, pytest.mark.slow]
 EVENT_FIELDS = {
     "id", "source", "channel", "author", "lang", "label", "score", "probabilities", "model_name",
     "model_version", "inference_time_ms", "batch_size", "text_length", "token_count", "truncated",
-    "event_time", "processed_at", "text",
+    "event_time", "processed_at", "text", "lang_detected",
 }  # fmt: skip
 
 OPENERS = ["Honestly", "ok so", "lol", "Wow", "Ugh", "Not gonna lie", "Just saying", "Hmm"]

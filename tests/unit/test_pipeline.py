@@ -248,6 +248,7 @@ def test_event_payload_has_every_field() -> None:
         "event_time": EVENT_TIME,
         "processed_at": "2026-11-20T09:15:02.000Z",
         "text": "hey @user, good stuff",
+        "lang_detected": "en",  # the message's own lang
     }
     assert outcome.events[1].payload["label"] == "NEGATIVE"
     assert outcome.events[1].payload["source"] is None
@@ -468,3 +469,34 @@ def test_a_failing_shadow_costs_the_primary_nothing() -> None:
     assert not outcome.dead_letters
     assert outcome.shadow == []
     assert outcome.shadow_failures == 1
+
+
+def test_detected_languages_mark_events_and_the_messages_own_lang_wins() -> None:
+    records = [
+        record(message("good stuff", id="a"), 0),
+        record(message("gut", id="b", lang="de"), 1),
+        record(message("bien", id="c"), 2),
+    ]
+    config = PipelineConfig(languages=frozenset({"en"}))
+
+    def detect(texts: Sequence[str]) -> list[str | None]:
+        return ["en" if "good" in text else "fr" if "bien" in text else None for text in texts]
+
+    outcome = process_batch(records, FakeClassifier(), config, fixed_clock, detect_languages=detect)
+    payloads = {e.message.id: e.payload for e in outcome.events}
+    assert payloads["a"]["lang_detected"] == "en"
+    assert payloads["b"]["lang_detected"] == "de"  # given by the producer, not detected
+    assert payloads["c"]["lang_detected"] == "fr"
+    assert [payloads[m]["out_of_scope"] for m in "abc"] == [False, True, True]
+    facts = [orjson.loads(r.value or b"") for r in facts_records(outcome, input_partitions=4)]
+    flagged = {fact["n"] for r in facts for fact in r["facts"] if fact.get("x")}
+    assert flagged == {1, 2}
+
+
+def test_without_languages_nothing_is_out_of_scope() -> None:
+    outcome = process_batch(
+        [record(message("bien"), 0)], FakeClassifier(), PipelineConfig(), fixed_clock,
+        detect_languages=lambda texts: ["fr"] * len(texts),
+    )  # fmt: skip
+    assert outcome.events[0].payload["lang_detected"] == "fr"
+    assert "out_of_scope" not in outcome.events[0].payload

@@ -59,6 +59,7 @@ class Feeder:
         offset: int | None = None,
         now_ms: int = 0,
         uncertain: bool = False,
+        in_scope: bool = True,
     ) -> FoldResult:
         if offset is None:
             offset = self.next_offset
@@ -72,6 +73,7 @@ class Feeder:
             origin=origin,
             offset=offset,
             uncertain=uncertain,
+            in_scope=in_scope,
         )
         return fold_event(self.state, fact, self.policy, now_ms)
 
@@ -649,6 +651,7 @@ def test_window_record_key_and_fields() -> None:
         "total": 3,
         "positive_ratio": pytest.approx(2 / 3),
         "uncertain": 0,
+        "out_of_scope": 0,
         "confident_positive_ratio": pytest.approx(2 / 3),
         "mean_score": pytest.approx(0.8),
         "late_events": 0,
@@ -948,3 +951,18 @@ def test_stored_state_tells_whether_windows_are_open_without_decoding() -> None:
     assert KeyState.stored_has_open_windows(feeder.state.to_json())
     close_idle(feeder.state, POLICY)
     assert not KeyState.stored_has_open_windows(feeder.state.to_json())
+
+
+def test_out_of_scope_events_are_counted_apart_from_the_labels() -> None:
+    feeder = new_feeder()
+    feeder.feed(BASE + 1_000, "POSITIVE", 0.9)
+    feeder.feed(BASE + 2_000, "NEGATIVE", 0.9, in_scope=False)
+    window = feeder.state.open["tumbling"][BASE]
+    _key, value = window_record(
+        feeder.state, "tumbling", window, POLICY, final=False, format_time=format_time_ms
+    )
+    assert value["counts"] == {"POSITIVE": 1, "NEGATIVE": 0}
+    assert value["out_of_scope"] == 1
+    assert value["positive_ratio"] == 1.0
+    restored = KeyState.from_json(orjson.loads(snapshot(feeder.state)))
+    assert restored.open["tumbling"][BASE].out_of_scope == 1
