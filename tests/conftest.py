@@ -115,6 +115,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     [embedded]); the session-scoped parameter keeps one broker up for all the tests on it."""
     if "kafka" in metafunc.fixturenames:
         brokers = _session_brokers(metafunc.config)
+        if metafunc.definition.get_closest_marker("one_broker") is not None:
+            brokers = brokers[:1]  # Apache Kafka when the session has it
         metafunc.parametrize("kafka", brokers, indirect=True, scope="session")
 
 

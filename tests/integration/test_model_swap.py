@@ -20,7 +20,7 @@ from stream.settings import KafkaSettings, TopicSettings
 from stream.worker_process import WorkerProcess
 from tests.conftest import Collector, WorkerFactory, app_id_for
 
-pytestmark = [pytest.mark.broker, pytest.mark.slow]
+pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.one_broker]
 
 MESSAGES = 900
 RATE = 30.0  # per second: the stream lasts 30 s

@@ -311,6 +311,7 @@ def test_batched_worker_results_equal_one_at_a_time_pipeline(
     assert outputs.events[f"s{len(texts) - 1}"][0]["truncated"] is True
 
 
+@pytest.mark.one_broker
 def test_a_single_logit_checkpoint_scores_like_its_two_class_origin_through_the_worker(
     kafka: KafkaSettings,
     topics: TopicSettings,
