@@ -53,7 +53,7 @@ from stream.core.aggregation import (
 )
 from stream.core.batching import collect_batch
 from stream.core.candidates import Candidate
-from stream.core.errors import EXIT_UNPUBLISHED
+from stream.core.errors import EXIT_UNPUBLISHED, UnavailableError
 from stream.core.health import (
     PartitionProgress,
     Phase,
@@ -337,17 +337,27 @@ def wire_model_control(
     @app.task  # type: ignore[untyped-decorator]
     async def follow_model_control() -> None:
         loop = asyncio.get_running_loop()
+        # One thread owns the follower's consumer: a cancelled poll still runs to its end there,
+        # and the close queued behind it never races it.
+        reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-control")
         follower = ControlFollower(settings.kafka, topic_name)
         try:
-            state = await loop.run_in_executor(None, follower.read_to_end)
+            while True:
+                try:
+                    state = await loop.run_in_executor(reader, follower.read_to_end)
+                    break
+                except UnavailableError as exc:  # a broker hiccup must not end the worker
+                    log.warning("model control: %s; retrying", exc)
+                    await asyncio.sleep(PROGRESS_CHECK_S)
             if state.active is not None and state.active.version != slot.version:
                 await swap_to(state.active)  # promoted between start-up and now
             while not app.should_stop:
-                update = await loop.run_in_executor(None, follower.poll, 1.0)
+                update = await loop.run_in_executor(reader, follower.poll, 1.0)
                 if isinstance(update, ActiveModel) and update.version != slot.version:
                     await swap_to(update)
         finally:
-            follower.close()
+            reader.submit(follower.close)
+            reader.shutdown(wait=False)
 
 
 class WorkerHealth:
