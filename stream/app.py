@@ -131,6 +131,7 @@ def create_app(
     canary: Candidate | None = None,
     shadow: Candidate | None = None,
     detect_languages: LanguageDetector | None = None,
+    language_models: Mapping[str, Classifier] | None = None,
 ) -> faust.App:
     """A Faust app that scores ``settings.topics.input_topic`` with ``classifier``; with
     ``load_model``, it follows the model control topic and swaps to each promoted version; a
@@ -198,6 +199,7 @@ def create_app(
         return process_batch(
             records, model, config, now_ms,
             canary=canary, shadow=shadow, detect_languages=detect_languages,
+            language_models=language_models,
         )  # fmt: skip
 
     async def publish(records: Sequence[RawRecord], outcome: BatchOutcome) -> None:

@@ -29,7 +29,7 @@ from stream.settings import Settings
 
 if TYPE_CHECKING:
     from connectors.replay import Transform
-    from models.runner import RunnerOptions
+    from models.runner import RunnerOptions, SentimentRunner
     from stream.core.candidates import Candidate
     from stream.core.replay_plan import ReplayRequest
 
@@ -122,6 +122,7 @@ def cmd_worker(_args: argparse.Namespace) -> int:
         canary=candidate(settings, settings.canary_model, settings.canary_fraction, options),
         shadow=candidate(settings, settings.shadow_model, settings.shadow_fraction, options),
         detect_languages=LanguageIdentifier() if settings.detect_language else None,
+        language_models=language_models(settings, options),
     )
     worker = Worker(app, loglevel=settings.log_level, quiet=True)
     if settings.redact_text:
@@ -138,31 +139,53 @@ def cmd_worker(_args: argparse.Namespace) -> int:
     return 0
 
 
-def candidate(
-    settings: Settings, reference: str | None, fraction: float, options: RunnerOptions
-) -> Candidate | None:
-    """A shadow or canary model: a registry version (``X.Y.Z``) or a checkpoint path or hub id."""
+def load_reference(settings: Settings, reference: str, options: RunnerOptions) -> SentimentRunner:
+    """A model named by a registry version (``X.Y.Z``), a checkpoint path or a hub id."""
     from models.registry import ModelRegistry
     from models.runner import SentimentRunner
-    from stream.core.candidates import Candidate
     from stream.core.model_versions import SEMVER
 
-    if not reference:
-        return None
     if SEMVER.match(reference):
         if settings.model_registry is None:
             raise ConfigurationError(
                 f"{reference} names a registry version: set SENTISTREAM_MODEL_REGISTRY"
             )
         entry = ModelRegistry(settings.model_registry).get(reference)
-        runner = SentimentRunner(
+        return SentimentRunner(
             str(entry.path), replace(options, version_name=entry.version, revision=None)
         )
-    else:
-        runner = SentimentRunner(reference, replace(options, revision=None))
+    return SentimentRunner(reference, replace(options, revision=None))
+
+
+def candidate(
+    settings: Settings, reference: str | None, fraction: float, options: RunnerOptions
+) -> Candidate | None:
+    """A shadow or canary model and the share of message ids it sees."""
+    from stream.core.candidates import Candidate
+
+    if not reference:
+        return None
+    runner = load_reference(settings, reference, options)
     log.info("candidate model %s (%s) on %.0f%% of messages", runner.name, runner.version,
              100 * fraction)  # fmt: skip
     return Candidate(runner, fraction)
+
+
+def language_models(settings: Settings, options: RunnerOptions) -> dict[str, SentimentRunner]:
+    """``SENTISTREAM_LANGUAGE_MODELS`` (``de=PATH,fr=1.2.0``): a model per language."""
+    models: dict[str, SentimentRunner] = {}
+    for item in (settings.language_models or "").split(","):
+        if not item.strip():
+            continue
+        language, found, reference = item.partition("=")
+        language, reference = language.strip().lower(), reference.strip()
+        if not found or not language or not reference:
+            raise ConfigurationError(
+                f"SENTISTREAM_LANGUAGE_MODELS entry {item.strip()!r} is not LANGUAGE=MODEL "
+                "(e.g. de=/models/german-sentiment or fr=1.2.0)"
+            )
+        models[language] = load_reference(settings, reference, options)
+    return models
 
 
 def dump_tasks() -> None:

@@ -104,6 +104,7 @@ class Settings(BaseSettings):
     confidence_threshold: float | None = Field(default=None, ge=0, le=1)
     detect_language: bool = True
     languages: str | None = None
+    language_models: str | None = None
     max_length: int | None = Field(default=None, ge=2)
     batch_size: int = Field(default=16, ge=1)
     batch_take: int = Field(default=128, ge=1)

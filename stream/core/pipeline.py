@@ -8,7 +8,7 @@ dead letter.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -118,12 +118,15 @@ def process_batch(
     canary: Candidate | None = None,
     shadow: Candidate | None = None,
     detect_languages: LanguageDetector | None = None,
+    language_models: Mapping[str, Classifier] | None = None,
 ) -> BatchOutcome:
     """Turn ``records`` into events and dead letters; never raises for a bad record.
 
     ``canary``: its share of the message ids is scored by the canary instead (the events say
-    which model scored them). ``shadow``: its share is scored again by the shadow after the
-    primary, and only compared (``outcome.shadow``); a shadow failure never touches the events.
+    which model scored them). ``language_models``: a message in one of their languages (its own
+    ``lang``, else the detected one) is scored by that language's model, and is in scope.
+    ``shadow``: its share is scored again by the shadow after the primary, and only compared
+    (``outcome.shadow``); a shadow failure never touches the events.
     """
     outcome = BatchOutcome()
 
@@ -151,13 +154,22 @@ def process_batch(
         detect_languages([item.text for item in ready]) if detect_languages else [None] * len(ready)
     )
     languages = {id(item): lang for item, lang in zip(ready, detected, strict=True)}
-    routes: list[tuple[Classifier, list[_Cleaned]]] = [(classifier, ready)]
-    if canary is not None:
-        to_canary = [in_share(item.message.id, canary.fraction, CANARY_SALT) for item in ready]
-        routes = [
-            (classifier, [item for item, c in zip(ready, to_canary, strict=True) if not c]),
-            (canary.classifier, [item for item, c in zip(ready, to_canary, strict=True) if c]),
-        ]
+    by_language = language_models or {}
+
+    def route(item: _Cleaned) -> Classifier:
+        """A model for the message's language, else the canary for its share, else the primary."""
+        language = (item.message.lang or languages[id(item)] or "").lower()
+        if language in by_language:
+            return by_language[language]
+        if canary is not None and in_share(item.message.id, canary.fraction, CANARY_SALT):
+            return canary.classifier
+        return classifier
+
+    grouped: dict[int, tuple[Classifier, list[_Cleaned]]] = {}
+    for item in ready:
+        model = route(item)
+        grouped.setdefault(id(model), (model, []))[1].append(item)
+    routes = list(grouped.values())
     scored_items: list[tuple[_Cleaned, Prediction, Classifier]] = []
     for model, items in routes:
         if not items:
@@ -185,7 +197,7 @@ def process_batch(
     processed_at_ms = now_ms()
     for item, prediction, model in scored_items:
         payload = enrich(item.message, item.text, prediction, model, config, processed_at_ms,
-                         languages[id(item)])  # fmt: skip
+                         languages[id(item)], frozenset(by_language))  # fmt: skip
         record = item.record
         outcome.events.append(
             ScoredEvent(
@@ -230,6 +242,7 @@ def enrich(
     config: PipelineConfig,
     processed_at_ms: int,
     detected_language: str | None = None,
+    routed_languages: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """The enriched event as published (value JSON; the key is the message id). The message's
     own ``lang`` wins over ``detected_language``."""
@@ -256,7 +269,8 @@ def enrich(
     if detected_language is not None or message.lang is not None:
         payload["lang_detected"] = language
     if config.languages:
-        payload["out_of_scope"] = (language or "").lower() not in config.languages
+        in_scope = config.languages | routed_languages
+        payload["out_of_scope"] = (language or "").lower() not in in_scope
     if config.confidence_threshold is not None:
         payload["uncertain"] = prediction.score < config.confidence_threshold
     if message.gold_label is not None:

@@ -500,3 +500,28 @@ def test_without_languages_nothing_is_out_of_scope() -> None:
     )  # fmt: skip
     assert outcome.events[0].payload["lang_detected"] == "fr"
     assert "out_of_scope" not in outcome.events[0].payload
+
+
+def test_a_language_with_its_own_model_is_scored_by_it_and_in_scope() -> None:
+    records = [
+        record(message("good stuff", id="en-1"), 0),
+        record(message("gut", id="de-1", lang="de"), 1),
+        record(message("bien", id="fr-1"), 2),
+    ]
+    german = RenamedClassifier("de-1.0.0")
+
+    def detect(texts: Sequence[str]) -> list[str | None]:
+        return ["fr" if "bien" in text else "en" for text in texts]
+
+    outcome = process_batch(
+        records, FakeClassifier(), PipelineConfig(languages=frozenset({"en"})), fixed_clock,
+        detect_languages=detect, language_models={"de": german},
+    )  # fmt: skip
+    payloads = {e.message.id: e.payload for e in outcome.events}
+    assert payloads["de-1"]["model_version"] == "de-1.0.0"
+    assert payloads["de-1"]["out_of_scope"] is False
+    assert payloads["en-1"]["model_version"] == "fake-1"
+    assert payloads["fr-1"]["model_version"] == "fake-1"
+    assert payloads["fr-1"]["out_of_scope"] is True
+    assert german.calls == [["gut"]]
+    assert [e.offset for e in outcome.events] == [0, 1, 2]
