@@ -11,9 +11,38 @@ import pytest
 from connectors.producer import RecordProducer
 from connectors.sink import read_topics
 from stream.settings import KafkaSettings, TopicSettings
+from stream.worker_process import WorkerProcess
 from tests.conftest import Collector, WorkerFactory
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+
+def produce_numbered(
+    kafka: KafkaSettings, topics: TopicSettings, prefix: str, count: int
+) -> list[str]:
+    """``count`` messages keyed by their ids, half of them positive; returns the ids."""
+    ids = [f"{prefix}-{i:04d}" for i in range(count)]
+    producer = RecordProducer(kafka)
+    for index, message_id in enumerate(ids):
+        text = f"message {index}: {'great stuff' if index % 2 else 'awful stuff'}"
+        value = orjson.dumps({"id": message_id, "text": text})
+        producer.send(topics.input_topic, value, key=message_id.encode())
+    producer.flush()
+    return ids
+
+
+def kill_after_events(
+    kafka: KafkaSettings, topics: TopicSettings, worker: WorkerProcess, events: int
+) -> None:
+    """SIGKILL ``worker`` once ``events`` events were published (a crash mid-stream)."""
+    seen = 0
+    deadline = time.monotonic() + 120
+    for _record in read_topics(kafka, [topics.events_topic], deadline=deadline):
+        seen += 1
+        if seen >= events:
+            break
+    assert seen >= events, worker.log_tail()
+    worker.kill()
 
 
 def test_a_crashed_worker_loses_nothing_after_restart(
@@ -23,26 +52,9 @@ def test_a_crashed_worker_loses_nothing_after_restart(
     collect: Collector,
     minilm: Path,
 ) -> None:
-    ids = [f"crash-{i:04d}" for i in range(1200)]
-    producer = RecordProducer(kafka)
-    for index, message_id in enumerate(ids):
-        text = f"message {index}: {'great stuff' if index % 2 else 'awful stuff'}"
-        producer.send(
-            topics.input_topic,
-            orjson.dumps({"id": message_id, "text": text}),
-            key=message_id.encode(),
-        )
-    producer.flush()
-
+    ids = produce_numbered(kafka, topics, "crash", 1200)
     first = start_worker(minilm, topics)
-    seen = 0
-    deadline = time.monotonic() + 120
-    for _record in read_topics(kafka, [topics.events_topic], deadline=deadline):
-        seen += 1
-        if seen >= 200:
-            break
-    assert seen >= 200, first.log_tail()
-    first.kill()  # SIGKILL mid-stream: no graceful commit
+    kill_after_events(kafka, topics, first, 200)  # SIGKILL mid-stream: no graceful commit
 
     second = start_worker(minilm, topics)
     outputs = collect(topics, expected=len(ids), worker=second, distinct=True)
@@ -106,26 +118,9 @@ def test_exactly_once_publishes_every_input_once_across_a_crash(
         assert "needs Apache Kafka" in refused.log_tail()
         return
 
-    ids = [f"eos-{i:04d}" for i in range(1200)]
-    producer = RecordProducer(kafka)
-    for index, message_id in enumerate(ids):
-        text = f"message {index}: {'great stuff' if index % 2 else 'awful stuff'}"
-        producer.send(
-            topics.input_topic,
-            orjson.dumps({"id": message_id, "text": text}),
-            key=message_id.encode(),
-        )
-    producer.flush()
-
+    ids = produce_numbered(kafka, topics, "eos", 1200)
     first = start_worker(minilm, topics, **eos)
-    seen = 0
-    deadline = time.monotonic() + 120
-    for _record in read_topics(kafka, [topics.events_topic], deadline=deadline):
-        seen += 1
-        if seen >= 200:
-            break
-    assert seen >= 200, first.log_tail()
-    first.kill()  # SIGKILL mid-stream, a transaction likely open
+    kill_after_events(kafka, topics, first, 200)  # SIGKILL mid-stream, a transaction likely open
 
     second = start_worker(minilm, topics, **eos)
     outputs = collect(topics, expected=len(ids), worker=second)
