@@ -24,7 +24,10 @@ class LanguageIdentifier:
         line = " ".join(text.split())  # fastText reads one line
         if not line:
             return None
-        best = detect(line, model="lite", k=1)
+        try:
+            best = detect(line, model="lite", k=1)
+        except Exception:  # noqa: BLE001 - whatever the text, it gets no language, not an error
+            return None
         if not best or float(best[0]["score"]) < self.min_score:
             return None
         return str(best[0]["lang"])

@@ -84,6 +84,7 @@ class BatchOutcome:
     shadow_batches: list[ScoredBatch] = field(default_factory=list)
     shadow_failures: int = 0  # takes the shadow could not score (the events are unaffected)
     shadow_agreements: Counter[bool] = field(default_factory=Counter)  # labels equal? -> count
+    language_failures: int = 0  # takes whose language detection failed (languages left null)
 
     def event_records(self) -> list[OutRecord]:
         return [
@@ -150,9 +151,12 @@ def process_batch(
             continue
         ready.append(_Cleaned(record, message, text))
 
-    detected = (
-        detect_languages([item.text for item in ready]) if detect_languages else [None] * len(ready)
-    )
+    detected: list[str | None] = [None] * len(ready)
+    if detect_languages is not None:
+        try:
+            detected = detect_languages([item.text for item in ready])
+        except Exception:  # noqa: BLE001 - a language is an annotation: never worth a take
+            outcome.language_failures += 1
     languages = {id(item): lang for item, lang in zip(ready, detected, strict=True)}
     by_language = language_models or {}
 
@@ -197,7 +201,8 @@ def process_batch(
     processed_at_ms = now_ms()
     for item, prediction, model in scored_items:
         payload = enrich(item.message, item.text, prediction, model, config, processed_at_ms,
-                         languages[id(item)], frozenset(by_language))  # fmt: skip
+                         languages[id(item)], frozenset(by_language),
+                         detecting=detect_languages is not None)  # fmt: skip
         record = item.record
         outcome.events.append(
             ScoredEvent(
@@ -243,6 +248,8 @@ def enrich(
     processed_at_ms: int,
     detected_language: str | None = None,
     routed_languages: frozenset[str] = frozenset(),
+    *,
+    detecting: bool = False,
 ) -> dict[str, Any]:
     """The enriched event as published (value JSON; the key is the message id). The message's
     own ``lang`` wins over ``detected_language``."""
@@ -266,7 +273,7 @@ def enrich(
         "processed_at": format_time_ms(processed_at_ms),
     }
     language = message.lang or detected_language
-    if detected_language is not None or message.lang is not None:
+    if detecting or message.lang is not None:  # null: the detector could not tell
         payload["lang_detected"] = language
     if config.languages:
         in_scope = config.languages | routed_languages

@@ -525,3 +525,23 @@ def test_a_language_with_its_own_model_is_scored_by_it_and_in_scope() -> None:
     assert payloads["fr-1"]["out_of_scope"] is True
     assert german.calls == [["gut"]]
     assert [e.offset for e in outcome.events] == [0, 1, 2]
+
+
+def test_every_event_carries_lang_detected_while_detecting_even_when_unknown() -> None:
+    outcome = process_batch(
+        [record(message("😂😂", id="e"), 0)], FakeClassifier(), PipelineConfig(), fixed_clock,
+        detect_languages=lambda texts: [None] * len(texts),
+    )  # fmt: skip
+    assert outcome.events[0].payload["lang_detected"] is None
+
+
+def test_a_failing_language_detector_leaves_languages_null_and_loses_nothing() -> None:
+    def broken(texts: Sequence[str]) -> list[str | None]:
+        raise RuntimeError("detector broke")
+
+    outcome = process_batch(
+        many_records(5), FakeClassifier(), PipelineConfig(), fixed_clock, detect_languages=broken
+    )
+    assert len(outcome.events) == 5
+    assert all(e.payload["lang_detected"] is None for e in outcome.events)
+    assert outcome.language_failures == 1
