@@ -24,7 +24,8 @@ from stream.core.errors import DeadLetterReason, Stage
 from stream.core.records import RawRecord
 from stream.settings import KafkaSettings
 
-pytestmark = pytest.mark.broker
+# File formats and the tail printer are above the broker: one broker is enough (Apache Kafka).
+pytestmark = [pytest.mark.broker, pytest.mark.one_broker]
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 FAILED_AT_MS = 1_795_166_102_000  # 2026-11-20T09:15:02.000Z
