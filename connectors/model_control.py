@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Sequence
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from connectors.admin import ensure_topics
 from connectors.clients import consumer_config
@@ -55,7 +55,12 @@ class ControlFollower:
     def read_to_end(self, timeout: float = 30.0) -> ControlState:
         """Everything written so far, folded."""
         deadline = time.monotonic() + timeout
-        end = end_offset(self._consumer, TopicPartition(self.topic, 0), timeout)
+        try:
+            end = end_offset(self._consumer, TopicPartition(self.topic, 0), timeout)
+        except KafkaException as exc:
+            raise UnavailableError(
+                f"control topic {self.topic}: {exc.args[0].str() if exc.args else exc}"
+            ) from None
         position = 0
         while position < end:
             if time.monotonic() >= deadline:

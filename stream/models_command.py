@@ -81,7 +81,7 @@ def publish_active(settings: Settings, active: ActiveModel) -> None:
     publish_control(settings.kafka, topic, [active.record()])
 
 
-def list_lines(registry: ModelRegistry, settings: Settings) -> list[str]:
+def list_lines(registry: ModelRegistry, settings: Settings, timeout: float = 10.0) -> list[str]:
     from connectors.model_control import control_topic, read_control
 
     promoted = registry.promoted()
@@ -104,7 +104,7 @@ def list_lines(registry: ModelRegistry, settings: Settings) -> list[str]:
             f"{entry.sha256[:12]:<12}  {score:<18} {entry.notes or ''}"
         )
     try:
-        state = read_control(settings.kafka, control_topic(settings.app_id), timeout=10.0)
+        state = read_control(settings.kafka, control_topic(settings.app_id), timeout=timeout)
     except UnavailableError as exc:
         return [*lines, "", f"workers: control topic unreadable ({exc})"]
     return [*lines, "", *status_lines(state)]

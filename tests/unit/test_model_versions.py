@@ -133,3 +133,28 @@ def test_a_canary_comparison_splits_events_by_version() -> None:
     assert (old.version, old.n, old.accuracy) == ("1.0.0", 1, None)
     assert (new.version, new.n, new.accuracy, new.positive_ratio) == ("1.1.0", 2, 0.5, 0.5)
     assert new.mean_forward_ms == 8.0
+
+
+def test_an_eval_report_added_with_a_version_is_kept_and_listed(tmp_path: Path) -> None:
+    from stream.models_command import list_lines
+    from stream.settings import KafkaSettings, Settings
+
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text("{}")
+    report = tmp_path / "report.json"
+    report.write_text('{"accuracy": 0.8945, "n": 872, "macro": {"f1": 0.8944}, "extra": 1}')
+    registry = ModelRegistry(tmp_path / "registry")
+    entry = registry.add(checkpoint, "1.0.0", now_ms=1, eval_report=report, notes="MiniLM")
+    assert entry.eval == {"accuracy": 0.8945, "n": 872, "macro_f1": 0.8944}
+    registry.record(Promotion("promote", "1.0.0", 2))
+    # no broker answers on port 1: the listing says so instead of failing
+    settings = Settings(kafka=KafkaSettings(bootstrap_servers="127.0.0.1:1"))
+    lines = list_lines(registry, settings, timeout=2.0)
+    row = next(line for line in lines if line.startswith("1.0.0"))
+    assert "active" in row
+    assert "acc 0.8945 n=872" in row
+    assert "MiniLM" in row
+    assert lines[-1].startswith("workers: control topic unreadable")
+    with pytest.raises(ConfigurationError, match="not a readable report"):
+        registry.add(checkpoint, "1.0.1", now_ms=3, eval_report=tmp_path / "missing.json")
