@@ -157,12 +157,17 @@ def process_batch(
             detected = detect_languages([item.text for item in ready])
         except Exception:  # noqa: BLE001 - a language is an annotation: never worth a take
             outcome.language_failures += 1
-    languages = {id(item): lang for item, lang in zip(ready, detected, strict=True)}
+    # The message's own lang wins over the detected one.
+    languages = {
+        id(item): item.message.lang or lang for item, lang in zip(ready, detected, strict=True)
+    }
     by_language = language_models or {}
+    # Languages with a model of their own are in scope too; None: every language is.
+    in_scope = config.languages | frozenset(by_language) if config.languages else None
 
     def route(item: _Cleaned) -> Classifier:
         """A model for the message's language, else the canary for its share, else the primary."""
-        language = (item.message.lang or languages[id(item)] or "").lower()
+        language = (languages[id(item)] or "").lower()
         if language in by_language:
             return by_language[language]
         if canary is not None and in_share(item.message.id, canary.fraction, CANARY_SALT):
@@ -173,11 +178,8 @@ def process_batch(
     for item in ready:
         model = route(item)
         grouped.setdefault(id(model), (model, []))[1].append(item)
-    routes = list(grouped.values())
     scored_items: list[tuple[_Cleaned, Prediction, Classifier]] = []
-    for model, items in routes:
-        if not items:
-            continue
+    for model, items in grouped.values():
 
         def score(chunk: Sequence[_Cleaned], model: Classifier = model) -> list[Prediction]:
             scored = model.predict([item.text for item in chunk])
@@ -201,8 +203,8 @@ def process_batch(
     processed_at_ms = now_ms()
     for item, prediction, model in scored_items:
         payload = enrich(item.message, item.text, prediction, model, config, processed_at_ms,
-                         languages[id(item)], frozenset(by_language),
-                         detecting=detect_languages is not None)  # fmt: skip
+                         languages[id(item)], detecting=detect_languages is not None,
+                         in_scope=in_scope)  # fmt: skip
         record = item.record
         outcome.events.append(
             ScoredEvent(
@@ -246,13 +248,14 @@ def enrich(
     classifier: Classifier,
     config: PipelineConfig,
     processed_at_ms: int,
-    detected_language: str | None = None,
-    routed_languages: frozenset[str] = frozenset(),
+    language: str | None = None,
     *,
     detecting: bool = False,
+    in_scope: frozenset[str] | None = None,
 ) -> dict[str, Any]:
-    """The enriched event as published (value JSON; the key is the message id). The message's
-    own ``lang`` wins over ``detected_language``."""
+    """The enriched event as published (value JSON; the key is the message id). ``language``:
+    the message's own or the detected one; ``in_scope``: the languages not out of scope (None:
+    every language)."""
     payload: dict[str, Any] = {
         "id": message.id,
         "source": message.source,
@@ -272,11 +275,9 @@ def enrich(
         "event_time": format_time_ms(message.event_time_ms),
         "processed_at": format_time_ms(processed_at_ms),
     }
-    language = message.lang or detected_language
     if detecting or message.lang is not None:  # null: the detector could not tell
         payload["lang_detected"] = language
-    if config.languages:
-        in_scope = config.languages | routed_languages
+    if in_scope is not None:
         payload["out_of_scope"] = (language or "").lower() not in in_scope
     if config.confidence_threshold is not None:
         payload["uncertain"] = prediction.score < config.confidence_threshold
