@@ -625,19 +625,7 @@ def render(report: Report) -> str:
 
 def broker_comparison(report: Report) -> list[str]:
     """Apache Kafka beside the embedded broker, per backend and phase, when both ran."""
-    e2e = [r for r in report.rows if r.run.startswith("end to end")]
-    pairs = []
-    for kafka in (r for r in e2e if r.broker == "kafka"):
-        embedded = next(
-            (
-                r
-                for r in e2e
-                if r.broker == "embedded" and (r.run, r.backend) == (kafka.run, kafka.backend)
-            ),
-            None,
-        )
-        if embedded is not None:
-            pairs.append((kafka, embedded))
+    pairs = paired_rows(report, lambda row: "embedded" if row.broker == "kafka" else None)
     if not pairs:
         return []
     lines = [
@@ -667,21 +655,29 @@ def shadow_comparison(report: Report) -> list[str]:
     return variant_comparison(report, SHADOW_SUFFIX, "no shadow", "shadow")
 
 
-def variant_comparison(report: Report, suffix: str, plain_name: str, name: str) -> list[str]:
+def paired_rows(report: Report, partner: Callable[[Row], str | None]) -> list[tuple[Row, Row]]:
+    """(row, its partner) for each end-to-end row whose ``partner(row)`` names the broker column
+    of another row of the same run and backend (None: the row is not compared)."""
     e2e = [r for r in report.rows if r.run.startswith("end to end")]
+    by_key = {(r.broker, r.run, r.backend): r for r in e2e}
     pairs = []
-    for variant in (r for r in e2e if r.broker.endswith(suffix)):
-        plain = variant.broker.removesuffix(suffix)
-        base = next(
-            (
-                r
-                for r in e2e
-                if r.broker == plain and (r.run, r.backend) == (variant.run, variant.backend)
-            ),
-            None,
+    for row in e2e:
+        broker = partner(row)
+        other = by_key.get((broker, row.run, row.backend)) if broker is not None else None
+        if other is not None:
+            pairs.append((row, other))
+    return pairs
+
+
+def variant_comparison(report: Report, suffix: str, plain_name: str, name: str) -> list[str]:
+    """Rows whose broker column ends with ``suffix`` beside the same run without it."""
+    pairs = [
+        (base, variant)
+        for variant, base in paired_rows(
+            report,
+            lambda row: row.broker.removesuffix(suffix) if row.broker.endswith(suffix) else None,
         )
-        if base is not None:
-            pairs.append((base, variant))
+    ]
     if not pairs:
         return []
     lines = [
