@@ -59,7 +59,6 @@ def cmd_worker(_args: argparse.Namespace) -> int:
     from connectors.admin import ensure_topics, pipeline_topics
     from connectors.model_control import control_topic, ensure_control_topic, read_control
     from models.language import LanguageIdentifier
-    from models.registry import ModelRegistry
     from models.runner import RunnerOptions, SentimentRunner
     from stream.app import create_app
     from stream.core.model_versions import ActiveModel
@@ -69,11 +68,13 @@ def cmd_worker(_args: argparse.Namespace) -> int:
     options = RunnerOptions.from_settings(settings)
 
     def load_version(active: ActiveModel) -> SentimentRunner:
-        """A promoted registry version, from this worker's registry when it has one."""
-        path = active.path
+        """A promoted registry version, from this worker's registry when it has one, else from
+        the path the control record names."""
         if settings.model_registry is not None:
-            path = str(ModelRegistry(settings.model_registry).get(active.version).path)
-        return SentimentRunner(path, replace(options, version_name=active.version, revision=None))
+            return load_reference(settings, active.version, options)
+        return SentimentRunner(
+            active.path, replace(options, version_name=active.version, revision=None)
+        )
 
     topic = control_topic(settings.app_id)
     active = None
