@@ -11,7 +11,7 @@ from typing import Any
 
 import faust
 
-from stream.settings import KafkaSettings
+from stream.settings import KafkaSettings, reveal
 
 # The embedded broker holds each group join for half the session timeout: keep it short.
 EMBEDDED_SESSION_TIMEOUT_S = 6.0
@@ -62,9 +62,7 @@ def aiokafka_config(kafka: KafkaSettings) -> dict[str, Any]:
         config.update(
             sasl_mechanism=kafka.sasl_mechanism or "PLAIN",
             sasl_plain_username=kafka.sasl_username,
-            sasl_plain_password=(
-                kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
-            ),
+            sasl_plain_password=reveal(kafka.sasl_password),
         )
     return config
 
@@ -123,7 +121,7 @@ def _ssl_context(kafka: KafkaSettings) -> ssl.SSLContext:
         context.load_cert_chain(
             str(kafka.ssl_certificate_location),
             str(kafka.ssl_key_location) if kafka.ssl_key_location else None,
-            kafka.ssl_key_password.get_secret_value() if kafka.ssl_key_password else None,
+            reveal(kafka.ssl_key_password),
         )
     return context
 
@@ -134,7 +132,7 @@ def _faust_credentials(kafka: KafkaSettings) -> Any:
         return None
     if protocol == "SSL":
         return faust.SSLCredentials(_ssl_context(kafka))
-    password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
+    password = reveal(kafka.sasl_password)
     return faust.SASLCredentials(
         username=kafka.sasl_username,
         password=password,

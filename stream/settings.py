@@ -52,11 +52,11 @@ class KafkaSettings(BaseSettings):
         optional = {
             "sasl.mechanism": self.sasl_mechanism,
             "sasl.username": self.sasl_username,
-            "sasl.password": _reveal(self.sasl_password),
+            "sasl.password": reveal(self.sasl_password),
             "ssl.ca.location": self.ssl_ca_location,
             "ssl.certificate.location": self.ssl_certificate_location,
             "ssl.key.location": self.ssl_key_location,
-            "ssl.key.password": _reveal(self.ssl_key_password),
+            "ssl.key.password": reveal(self.ssl_key_password),
         }
         config.update({key: str(value) for key, value in optional.items() if value is not None})
         return config
@@ -157,7 +157,8 @@ class Settings(BaseSettings):
         return cls(kafka=KafkaSettings(), topics=TopicSettings(), **overrides)
 
 
-def _reveal(secret: SecretStr | None) -> str | None:
+def reveal(secret: SecretStr | None) -> str | None:
+    """A secret setting's value, for the client that needs it (never for a log)."""
     return secret.get_secret_value() if secret is not None else None
 
 
