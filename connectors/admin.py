@@ -41,8 +41,8 @@ def ensure_topics(
 ) -> list[str]:
     """Create the topics that do not exist yet; returns the names created. ``compacted`` topics
     get ``cleanup.policy=compact`` (real Kafka only: the embedded broker does not compact)."""
-    admin = AdminClient(kafka.librdkafka_config())
-    existing = topic_names(kafka, timeout)
+    admin = AdminClient({**kafka.librdkafka_config(), "log_level": 2})
+    existing = topic_names(kafka, timeout, admin=admin)
     wanted = [
         NewTopic(
             name,
@@ -73,13 +73,16 @@ class BrokerUnreachable(UnavailableError):
     """The brokers did not answer a metadata request; the message is one line."""
 
 
-def topic_names(kafka: KafkaSettings, timeout: float = 10.0) -> set[str]:
+def topic_names(
+    kafka: KafkaSettings, timeout: float = 10.0, *, admin: AdminClient | None = None
+) -> set[str]:
     """The topics the cluster has; raises :class:`BrokerUnreachable` instead of waiting forever.
 
     librdkafka's own connection errors (one line every few milliseconds) are kept quiet here: the
-    exception says the same once.
+    exception says the same once. ``admin``: a client the caller goes on using.
     """
-    admin = AdminClient({**kafka.librdkafka_config(), "log_level": 2})
+    if admin is None:
+        admin = AdminClient({**kafka.librdkafka_config(), "log_level": 2})
     try:
         return set(admin.list_topics(timeout=timeout).topics)
     except KafkaException as exc:
