@@ -271,7 +271,8 @@ def lowest_threshold_for_precision(
 
 
 class _ThresholdSweep:
-    """Rows sorted by score, highest first, with running counts: every threshold in O(classes)."""
+    """Rows sorted by score, highest first, swept once with running counts: one row per group of
+    tied scores, from which every threshold is read."""
 
     def __init__(
         self,
@@ -286,6 +287,7 @@ class _ThresholdSweep:
         self.total = len(gold)
         self.support = {label: sum(1 for g in gold if g == label) for label in self.classes}
         self.ranked = sorted(zip(scores, gold, predicted, strict=True), key=lambda row: -row[0])
+        self.cuts = self._cuts()  # the sweep runs once; every threshold reads it
 
     def _row(self, threshold: float, kept: int, correct: int, hits: dict[str, int],
              calls: dict[str, int]) -> ThresholdRow:  # fmt: skip
@@ -316,14 +318,14 @@ class _ThresholdSweep:
         return rows
 
     def row_at(self, threshold: float) -> ThresholdRow:
-        kept = [row for row in self._cuts() if row.threshold >= threshold]
+        kept = [row for row in self.cuts if row.threshold >= threshold]
         if not kept:
             empty = dict.fromkeys(self.classes, 0)
             return self._row(threshold, 0, 0, empty, dict(empty))
         return replace(kept[-1], threshold=threshold)
 
     def rows_by_ascending_threshold(self) -> list[ThresholdRow]:
-        return list(reversed(self._cuts()))
+        return list(reversed(self.cuts))
 
 
 def _ratio(numerator: float, denominator: float) -> float:
