@@ -23,12 +23,15 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, cast
 
 import faust
 import orjson
+from aiohttp.web import Request as AiohttpRequest
 from confluent_kafka import KafkaException
 from faust.exceptions import SameNode
 from faust.types import EventT
@@ -44,6 +47,7 @@ from connectors.clients import (
 from connectors.group_offsets import GroupOffsets, partition_name
 from connectors.model_control import ControlFollower, control_topic
 from connectors.transactions import TransactionalPublisher
+from stream.classify_service import API_TOPIC, ClassifyRequests
 from stream.core.aggregation import (
     Aggregator,
     aggregates_view,
@@ -53,6 +57,16 @@ from stream.core.aggregation import (
 )
 from stream.core.batching import collect_batch
 from stream.core.candidates import Candidate
+from stream.core.classify_api import (
+    ApiError,
+    ApiLimits,
+    TokenBucket,
+    openapi_document,
+    parse_classify_request,
+    retry_after_header,
+)
+from stream.core.codec import encode_json
+from stream.core.drift import DriftTracker
 from stream.core.errors import EXIT_UNPUBLISHED, UnavailableError
 from stream.core.health import (
     PartitionProgress,
@@ -61,6 +75,7 @@ from stream.core.health import (
     current_partitions,
     health_answer,
 )
+from stream.core.live import RecentTakes
 from stream.core.model_versions import ActiveModel, WorkerStatus
 from stream.core.pipeline import (
     BatchOutcome,
@@ -69,6 +84,7 @@ from stream.core.pipeline import (
     OutRecord,
     next_offsets,
     process_batch,
+    split_outcome,
 )
 from stream.core.records import RawRecord
 from stream.core.windows import WindowPolicy, default_policy
@@ -132,11 +148,13 @@ def create_app(
     shadow: Candidate | None = None,
     detect_languages: LanguageDetector | None = None,
     language_models: Mapping[str, Classifier] | None = None,
+    drift: DriftTracker | None = None,
 ) -> faust.App:
     """A Faust app that scores ``settings.topics.input_topic`` with ``classifier``; with
     ``load_model``, it follows the model control topic and swaps to each promoted version; a
     ``canary`` scores its share of the messages for real, a ``shadow`` its share for comparison
-    (``settings.topics.shadow_topic``)."""
+    (``settings.topics.shadow_topic``); with ``drift``, each closed drift window is compared with
+    the reference and published to ``settings.topics.drift_topic``."""
     faust_kwargs = faust_settings(settings.kafka, settings.session_timeout_s)
     faust_kwargs["broker"] = fixed_transport_urls(faust_kwargs["broker"])
     app = faust.App(
@@ -169,19 +187,28 @@ def create_app(
         topics.deadletter_topic, key_serializer="raw", value_serializer="raw"
     )
     shadow_topic = app.topic(topics.shadow_topic, key_serializer="raw", value_serializer="raw")
-    facts_topic, _aggregator = wire_aggregates(app, settings)
-    config = pipeline_config(settings)
     metrics = WorkerMetrics(
         model=classifier.name,
         version=classifier.version,
         backend=str(getattr(classifier, "backend", "custom")),
         device=str(getattr(classifier, "device", "unknown")),
     )
+    facts_topic, _aggregator = wire_aggregates(app, settings, metrics)
+    config = pipeline_config(settings)
     slot = ModelSlot(classifier)
     if load_model is not None:
         wire_model_control(app, settings, slot, load_model, metrics)
     # One scorer thread: the model runs off the event loop, so heartbeats and commits go on.
     scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
+    take = max(settings.batch_take, settings.batch_size)
+    # Input events, and None when a classify API request waits (it wakes an idle loop).
+    queue: asyncio.Queue[EventT[bytes] | None] = asyncio.Queue(maxsize=2 * take)
+
+    def wake() -> None:
+        if not queue.full():  # a full queue means a take is coming anyway
+            queue.put_nowait(None)
+
+    classify = ClassifyRequests(wake)
     max_wait_s = settings.batch_max_wait_ms / 1000
 
     transactions = (
@@ -205,7 +232,7 @@ def create_app(
     async def publish(records: Sequence[RawRecord], outcome: BatchOutcome) -> None:
         """Send every output record and wait until the broker has acknowledged each one; with
         exactly-once, in one transaction that also commits the take's input offsets."""
-        outputs = [(events_topic, record) for record in outcome.event_records()]
+        outputs = [(events_topic, r) for r in outcome.event_records(settings.event_key)]
         outputs += [(deadletter_topic, record) for record in outcome.dead_letters]
         facts = facts_records(outcome, topics.input_partitions, per_model=canary is not None)
         outputs += [(facts_topic, record) for record in facts]
@@ -236,8 +263,6 @@ def create_app(
         # pad little), topped up for at most SENTISTREAM_BATCH_MAX_WAIT_MS. Events are acked
         # only after their results were published: a shutdown or crash before that re-reads them.
         stream.enable_acks = False
-        take = max(settings.batch_take, settings.batch_size)
-        queue: asyncio.Queue[EventT[bytes]] = asyncio.Queue(maxsize=2 * take)
 
         async def feed() -> None:
             async for event in stream.events():
@@ -249,6 +274,10 @@ def create_app(
             await publish(records, outcome)
             published_ms = now_ms()
             metrics.record_batch(records, outcome, published_ms)
+            recent.add(published_ms, len(records), [
+                published_ms - r.timestamp_ms for r in records if r.timestamp_ms
+            ])  # fmt: skip
+            observe_drift(records, outcome)
             health.finished(records, published_ms if outcome.events else None)
             log_batch(records, outcome)
             for event in events:
@@ -261,11 +290,27 @@ def create_app(
         publishing: asyncio.Future[None] | None = None
         try:
             while True:
-                events = await collect_batch(queue, take, max_wait_s)
+                items = await collect_batch(queue, take, max_wait_s)
+                events = [item for item in items if item is not None]
+                requests = classify.drain()  # classify API texts join this take
+                if not events and not requests:
+                    continue
                 records = [raw_record(event.message) for event in events]
+                api_records = classify.records(requests, now_ms())
                 # Scoring this take overlaps publishing the previous one (at most one of each in
                 # flight; takes are published and acked in the order they were read).
-                outcome = await loop.run_in_executor(scorer, score_take, records, slot.current)
+                try:
+                    outcome = await loop.run_in_executor(
+                        scorer, score_take, [*records, *api_records], slot.current
+                    )
+                except BaseException as exc:
+                    classify.fail(requests, exc)
+                    raise
+                if api_records:
+                    outcome, api_events, api_dead = split_outcome(outcome, API_TOPIC)
+                    classify.answer(requests, api_events, api_dead)
+                if not events:
+                    continue
                 if publishing is not None:
                     await finish(publishing)
                 publishing = asyncio.ensure_future(publish_then_ack(events, records, outcome))
@@ -283,6 +328,9 @@ def create_app(
             return self.bytes(metrics.exposition(), content_type=CONTENT_TYPE)
 
     health = wire_health(app, settings, metrics, facts_topic)
+    latest_drift: dict[str, dict[str, Any]] = {}
+    observe_drift = wire_drift(app, settings, drift, metrics, latest_drift)
+    recent = RecentTakes()
 
     @app.page("/health")
     class Health(View):
@@ -291,7 +339,138 @@ def create_app(
             status, body = health.answer(model=model.name, version=model.version)
             return self.json(body, status=status)
 
+    wire_classify_api(app, settings, classify)
+
+    @app.page("/dashboard")
+    class Dashboard(View):
+        async def get(self, request: Request) -> Response:
+            return self.html(DASHBOARD_HTML)
+
+    @app.page("/dashboard/status")
+    class DashboardStatus(View):
+        async def get(self, request: Request) -> Response:
+            model = slot.current
+            return self.json({
+                "worker": app.conf.canonical_url.human_repr(),
+                "model": {"name": model.name, "version": model.version,
+                          "backend": str(getattr(model, "backend", "custom"))},
+                "now": asdict(recent.summary(now_ms())),
+                "drift_enabled": drift is not None,
+                "drift": latest_drift,
+            })  # fmt: skip
+
     return app
+
+
+CLASSIFY_TIMEOUT_S = 30.0
+
+
+def wire_classify_api(app: faust.App, settings: Settings, classify: ClassifyRequests) -> None:
+    """``POST /v1/classify`` and ``GET /v1/openapi.json``: the decisions are in
+    stream.core.classify_api; the texts are scored by the agent's loop with its next take."""
+    limits = api_limits(settings)
+    bucket = TokenBucket(limits.rate_per_s, limits.burst)
+    document = openapi_document(limits)
+
+    def error(problem: ApiError, view: View, **headers: str) -> Response:
+        return view.json(problem.body(), status=problem.status, headers=headers or None)
+
+    @app.page("/v1/openapi.json")
+    class OpenApi(View):
+        async def get(self, request: Request) -> Response:
+            return self.json(document)
+
+    @app.page("/v1/classify")
+    class Classify(View):
+        async def post(self, request: Request) -> Response:
+            http = cast(AiohttpRequest, request)  # Faust's web driver is aiohttp
+            wait = bucket.take(str(http.remote or "unknown"), time.monotonic())
+            if wait:
+                problem = ApiError(429, "rate_limited", f"too many requests; retry in {wait:.2f} s")
+                return error(problem, self, **{"Retry-After": retry_after_header(wait)})
+            if http.content_type != "application/json":
+                return error(ApiError(415, "unsupported_media_type",
+                                      "send the body as application/json"), self)  # fmt: skip
+            body = await read_limited(http, limits.max_request_bytes)
+            if body is None:
+                return error(ApiError(413, "request_too_large", "the request body is over "
+                                      f"{limits.max_request_bytes} bytes"), self)  # fmt: skip
+            parsed = parse_classify_request(body, limits)
+            if isinstance(parsed, ApiError):
+                return error(parsed, self)
+            answer = classify.submit(parsed)
+            try:
+                results = await asyncio.wait_for(answer, CLASSIFY_TIMEOUT_S)
+            except TimeoutError:
+                return error(ApiError(503, "timeout", "the worker could not score in time"), self)
+            return self.json({"results": results})
+
+
+async def read_limited(request: AiohttpRequest, limit: int) -> bytes | None:
+    """The body, or None once it is over ``limit`` bytes (read no further)."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        return None
+    chunks, size = [], 0
+    while chunk := await request.content.read(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def api_limits(settings: Settings) -> ApiLimits:
+    return ApiLimits(
+        max_texts=settings.api_max_texts,
+        max_text_bytes=settings.max_message_bytes,
+        max_request_bytes=settings.api_max_request_bytes,
+        rate_per_s=settings.api_rate_per_s,
+        burst=settings.api_burst,
+    )
+
+
+DRIFT_CHECK_S = 2.0
+# The live page (/dashboard): static HTML whose script reads /dashboard/status and /aggregates.
+DASHBOARD_HTML = (Path(__file__).parent / "web" / "dashboard.html").read_text(encoding="utf-8")
+
+
+def wire_drift(
+    app: faust.App,
+    settings: Settings,
+    tracker: DriftTracker | None,
+    metrics: WorkerMetrics,
+    latest: dict[str, dict[str, Any]],
+) -> Callable[[Sequence[RawRecord], BatchOutcome], None]:
+    """Feed each published take to ``tracker``; a timer publishes the windows it closes (key: the
+    source), sets the drift gauges and keeps each source's latest record in ``latest`` (the live
+    page's). Without a tracker, a no-op."""
+    if tracker is None:
+        return lambda _records, _outcome: None
+    drift_topic = app.topic(settings.topics.drift_topic, key_serializer="raw",
+                            value_serializer="raw")  # fmt: skip
+    worker = f"{socket.gethostname()}:{settings.web_port}"
+
+    def observe(records: Sequence[RawRecord], outcome: BatchOutcome) -> None:
+        for event in outcome.events:
+            tracker.add_event(event.payload, event.message.event_time_ms)
+        if outcome.dead_letters:
+            # a dead letter has no trusted event time: the take's latest record time stands in
+            at = max((r.timestamp_ms or 0 for r in records), default=0)
+            for reason, count in outcome.reasons.items():
+                for _ in range(count):
+                    tracker.add_dead_letter(str(reason), at)
+
+    @app.timer(interval=DRIFT_CHECK_S)  # type: ignore[untyped-decorator]
+    async def publish_drift() -> None:
+        for record in tracker.close_due():
+            metrics.record_drift(record)
+            document = {**record.to_json(), "worker": worker}
+            latest[record.source] = document
+            await _send(drift_topic, OutRecord(key=record.source.encode(),
+                                               value=encode_json(document)))  # fmt: skip
+
+    return observe
 
 
 def wire_model_control(
@@ -469,7 +648,9 @@ def wire_health(
     return health
 
 
-def wire_aggregates(app: faust.App, settings: Settings) -> tuple[faust.TopicT, Aggregator]:
+def wire_aggregates(
+    app: faust.App, settings: Settings, metrics: WorkerMetrics
+) -> tuple[faust.TopicT, Aggregator]:
     """The windowed-ratio side: facts topic -> table of key states -> aggregates topic + HTTP.
     The per-key step is ``stream.core.aggregation.Aggregator``; this binds it to Faust."""
     topics = settings.topics
@@ -520,6 +701,8 @@ def wire_aggregates(app: faust.App, settings: Settings) -> tuple[faust.TopicT, A
             # Finals are acknowledged before the state that closed them is saved: a crash in
             # between re-closes the window and publishes the same final again.
             await asyncio.gather(*[await _send(aggregates_topic, r) for r in step.finals])
+            for final in step.finals:
+                metrics.record_window(final.key, final.value)
             if step.state is not None:
                 states[key] = step.state
             for record in step.updates:

@@ -24,13 +24,16 @@ from stream.core.errors import (
     SentistreamError,
     UnavailableError,
 )
+from stream.drift_command import add_drift_parser
 from stream.models_command import add_models_parser
 from stream.settings import Settings
+from stream.train import add_train_parser
 
 if TYPE_CHECKING:
     from connectors.replay import Transform
     from models.runner import RunnerOptions, SentimentRunner
     from stream.core.candidates import Candidate
+    from stream.core.drift import DriftTracker
     from stream.core.replay_plan import ReplayRequest
 
 log = logging.getLogger("sentistream")
@@ -110,6 +113,7 @@ def cmd_worker(_args: argparse.Namespace) -> int:
                 if settings.shadow_model
                 else {}
             ),
+            **({settings.topics.drift_topic: 1} if settings.drift_reference else {}),
         },
         replication_factor=settings.topics.replication_factor,
         # A compacted aggregates topic keeps the latest state of every window; the control topic
@@ -124,6 +128,7 @@ def cmd_worker(_args: argparse.Namespace) -> int:
         shadow=candidate(settings, settings.shadow_model, settings.shadow_fraction, options),
         detect_languages=LanguageIdentifier() if settings.detect_language else None,
         language_models=language_models(settings, options),
+        drift=drift_tracker(settings),
     )
     worker = Worker(app, loglevel=settings.log_level, quiet=True)
     if settings.redact_text:
@@ -187,6 +192,21 @@ def language_models(settings: Settings, options: RunnerOptions) -> dict[str, Sen
             )
         models[language] = load_reference(settings, reference, options)
     return models
+
+
+def drift_tracker(settings: Settings) -> DriftTracker | None:
+    """The worker's drift windows, when SENTISTREAM_DRIFT_REFERENCE names a reference profile."""
+    from stream.core.drift import DriftTracker
+    from stream.drift_command import load_profile
+
+    if settings.drift_reference is None:
+        return None
+    return DriftTracker(
+        load_profile(settings.drift_reference),
+        window_ms=int(settings.drift_window_s * 1000),
+        grace_ms=int(settings.window_grace_s * 1000),
+        min_count=settings.drift_min_count,
+    )
 
 
 def dump_tasks() -> None:
@@ -790,6 +810,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.set_defaults(handler=cmd_eval)
     add_replay_parser(commands)
+    add_train_parser(commands, add_file_format_arguments)
+    add_drift_parser(commands, add_file_format_arguments)
     return parser
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from connectors.files import DEFAULT_LABEL_MAPS, CsvOptions, FileFormat, ParsedLine, read_records
 from stream.core.codec import HEADER_REASON, encode_json
+from stream.core.drift import ReliabilityBin, expected_calibration_error, reliability_bins
 from stream.core.errors import ConfigurationError
 from stream.core.evaluation import (
     LABEL_ORDER,
@@ -127,6 +128,10 @@ class Evaluation:
     curves: list[Curve] = field(default_factory=list)
     thresholds: list[ThresholdRow] = field(default_factory=list)  # THRESHOLD_GRID, then finer
     target: ThresholdRow | None = None  # the lowest threshold reaching request.target_precision
+    # the enriched events as published, by message id (drift reference profiles are built from them)
+    events: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reliability: list[ReliabilityBin] = field(default_factory=list)
+    ece: float | None = None
 
 
 @dataclass
@@ -215,6 +220,13 @@ def run_evaluation(
         curves=_curves(results, classes),
         thresholds=threshold_table(gold, predicted, scores, classes, PLOTTED_THRESHOLDS),
         target=target,
+        events=scored.events,
+        reliability=reliability_bins(
+            scores, [g == p for g, p in zip(gold, predicted, strict=True)]
+        ),
+        ece=expected_calibration_error(
+            scores, [g == p for g, p in zip(gold, predicted, strict=True)]
+        ),
     )
 
 

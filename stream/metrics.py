@@ -10,6 +10,7 @@ import resource
 import sys
 from collections.abc import Iterable, Sequence
 
+import orjson
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -22,6 +23,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from stream.core.drift import DriftRecord
 from stream.core.health import PartitionProgress
 from stream.core.pipeline import BatchOutcome
 from stream.core.records import RawRecord
@@ -83,6 +85,61 @@ class WorkerMetrics:
             registry=registry,
         )
         self.model_info.labels(model, version, backend, device).set(1)
+        self.window_positive_ratio = Gauge(
+            "sentistream_window_positive_ratio",
+            "Positive ratio of the last closed tumbling window, for all and per source.",
+            ["key"],
+            registry=registry,
+        )
+        self.window_events = Gauge(
+            "sentistream_window_events",
+            "Events counted in the last closed tumbling window, for all and per source.",
+            ["key"],
+            registry=registry,
+        )
+        self.drift_psi = Gauge(
+            "sentistream_drift_psi",
+            "Population stability index of the last closed drift window against the reference.",
+            ["source", "distribution"],
+            registry=registry,
+        )
+        self.drift_js = Gauge(
+            "sentistream_drift_js",
+            "Jensen-Shannon divergence (bits) of the last closed drift window and the reference.",
+            ["source", "distribution"],
+            registry=registry,
+        )
+        self.drift_window_events = Gauge(
+            "sentistream_drift_window_events",
+            "Events in the last closed drift window (windows under SENTISTREAM_DRIFT_MIN_COUNT "
+            "are never flagged).",
+            ["source"],
+            registry=registry,
+        )
+        self.drift_dead_letter_rate = Gauge(
+            "sentistream_drift_dead_letter_rate",
+            "Dead letters / inputs in the last closed drift window.",
+            ["source"],
+            registry=registry,
+        )
+        self.drift_windows = Counter(
+            "sentistream_drift_windows",
+            "Closed drift windows, by whether a distribution's PSI was over 0.2.",
+            ["source", "drifted"],
+            registry=registry,
+        )
+        self.window_accuracy = Gauge(
+            "sentistream_window_accuracy",
+            "Accuracy of the last closed drift window's events that carried gold_label.",
+            ["source"],
+            registry=registry,
+        )
+        self.window_ece = Gauge(
+            "sentistream_window_ece",
+            "Expected calibration error of the last closed drift window's gold-labelled events.",
+            ["source"],
+            registry=registry,
+        )
         self.shadow_comparisons = Counter(
             "sentistream_shadow_comparisons",
             "Messages scored by the shadow model too, by whether the two labels agree.",
@@ -191,6 +248,32 @@ class WorkerMetrics:
         )
         self._real = 0
         self._padded = 0
+
+    def record_window(self, key: bytes | None, value: bytes | None) -> None:
+        """A closed tumbling window of ``all`` or of one source (not per channel: one series per
+        conversation would be unbounded): its positive ratio and event count."""
+        parts = (key or b"").decode(errors="replace").split("|")
+        if len(parts) != 3 or parts[1] != "tumbling" or ",channel=" in parts[0] or value is None:
+            return
+        window = orjson.loads(value)
+        counts = window.get("counts", {})
+        self.window_events.labels(parts[0]).set(sum(int(v) for v in counts.values()))
+        if window.get("positive_ratio") is not None:
+            self.window_positive_ratio.labels(parts[0]).set(float(window["positive_ratio"]))
+
+    def record_drift(self, record: DriftRecord) -> None:
+        """The latest closed drift window of a source: PSI and JS per distribution, accuracy and
+        calibration error where its events carried gold labels."""
+        for name, drift in record.distributions.items():
+            self.drift_psi.labels(record.source, name).set(drift.psi)
+            self.drift_js.labels(record.source, name).set(drift.js)
+        self.drift_window_events.labels(record.source).set(record.events)
+        self.drift_dead_letter_rate.labels(record.source).set(record.dead_letter_rate)
+        self.drift_windows.labels(record.source, "true" if record.drifted else "false").inc()
+        if record.accuracy is not None:
+            self.window_accuracy.labels(record.source).set(record.accuracy)
+        if record.ece is not None:
+            self.window_ece.labels(record.source).set(record.ece)
 
     def model_swapped(self, *, model: str, version: str, backend: str, device: str) -> None:
         self.model_info.clear()

@@ -24,6 +24,7 @@ CONFUSION_PNG = "confusion_matrix.png"
 PR_PNG = "precision_recall.png"
 THRESHOLDS_CSV = "thresholds.csv"
 THRESHOLDS_PNG = "thresholds.png"
+RELIABILITY_PNG = "reliability.png"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,7 @@ class ReportFiles:
     precision_recall_png: Path
     thresholds_csv: Path
     thresholds_png: Path
+    reliability_png: Path
 
 
 def write_reports(evaluation: Evaluation, out_dir: Path) -> ReportFiles:
@@ -47,6 +49,7 @@ def write_reports(evaluation: Evaluation, out_dir: Path) -> ReportFiles:
         precision_recall_png=out_dir / PR_PNG,
         thresholds_csv=out_dir / THRESHOLDS_CSV,
         thresholds_png=out_dir / THRESHOLDS_PNG,
+        reliability_png=out_dir / RELIABILITY_PNG,
     )
     files.report_json.write_bytes(
         orjson.dumps(report_document(evaluation), option=orjson.OPT_INDENT_2) + b"\n"
@@ -67,6 +70,7 @@ def write_reports(evaluation: Evaluation, out_dir: Path) -> ReportFiles:
     plot_confusion_matrix(evaluation, files.confusion_png)
     plot_precision_recall(evaluation, files.precision_recall_png)
     plot_thresholds(evaluation, files.thresholds_png)
+    plot_reliability(evaluation, files.reliability_png)
     return files
 
 
@@ -117,6 +121,10 @@ def report_document(evaluation: Evaluation) -> dict[str, Any]:
         "dead_letter_reasons": dict(sorted(evaluation.dead_letter_reasons.items())),
         "thresholds": [asdict(row) for row in table_rows(evaluation)],
         "target_precision": _target_document(evaluation),
+        "calibration": {
+            "ece": evaluation.ece,
+            "bins": [asdict(b) for b in evaluation.reliability],
+        },
     }
 
 
@@ -199,6 +207,33 @@ def _fixed(value: float) -> str:
     return f"{value:.4f}"
 
 
+def plot_reliability(evaluation: Evaluation, path: Path) -> None:
+    """Reliability diagram: accuracy against mean confidence per score bin, with the ECE."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 5), layout="tight")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    bins = evaluation.reliability
+    axes.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
+    widths = [b.upper - b.lower for b in bins]
+    axes.bar([b.lower for b in bins], [b.accuracy for b in bins], width=widths, align="edge",
+             alpha=0.6, edgecolor="black", label="accuracy of the bin")  # fmt: skip
+    axes.plot([b.confidence for b in bins], [b.accuracy for b in bins], "o-", color="tab:red",
+              label="mean confidence -> accuracy")  # fmt: skip
+    for b in bins:
+        axes.annotate(str(b.n), (b.lower + (b.upper - b.lower) / 2, 0.02), ha="center", fontsize=7)
+    ece = "n/a" if evaluation.ece is None else f"{evaluation.ece:.4f}"
+    axes.set_xlabel("confidence (score of the predicted label)")
+    axes.set_ylabel("accuracy")
+    axes.set_xlim(0.0, 1.0)
+    axes.set_ylim(0.0, 1.05)
+    axes.set_title(f"reliability, ECE {ece}, n={evaluation.metrics.n}")
+    axes.legend(loc="upper left")
+    figure.savefig(path, dpi=100)
+
+
 def plot_confusion_matrix(evaluation: Evaluation, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -261,6 +296,7 @@ def summary_text(evaluation: Evaluation, files: ReportFiles) -> str:
         f"{counts.unmapped} unmapped, {counts.neutral_excluded} neutral excluded, "
         f"{counts.dead_lettered} dead-lettered, {counts.scored} scored",
         f"accuracy: {metrics.accuracy:.4f}   macro F1: {metrics.macro_f1:.4f}"
+        + ("" if evaluation.ece is None else f"   ECE: {evaluation.ece:.4f}")
         + "".join(
             f"   AP({curve.label}): {curve.average_precision:.4f}"
             for curve in evaluation.curves
@@ -279,8 +315,9 @@ def summary_text(evaluation: Evaluation, files: ReportFiles) -> str:
         f"plots:    {files.confusion_png}",
         f"          {files.precision_recall_png}",
         f"          {files.thresholds_png}",
+        f"          {files.reliability_png}",
     ]
-    return "\n".join([*lines[:-7], *threshold_lines(evaluation), *lines[-7:]])
+    return "\n".join([*lines[:-8], *threshold_lines(evaluation), *lines[-8:]])
 
 
 def threshold_lines(evaluation: Evaluation) -> list[str]:

@@ -76,6 +76,7 @@ class TopicSettings(BaseSettings):
     deadletter_topic: str = "sentiment.deadletter"
     aggregates_topic: str = "sentiment.aggregates"
     shadow_topic: str = "sentiment.shadow"
+    drift_topic: str = "sentiment.drift"
     input_partitions: int = Field(default=4, ge=1)
     replication_factor: int = Field(default=1, ge=1)
 
@@ -112,6 +113,7 @@ class Settings(BaseSettings):
     batch_max_tokens: int = Field(default=4096, ge=1)
     max_message_bytes: int = Field(default=64 * 1024, ge=1)
     redact_text: bool = False
+    event_key: Literal["id", "channel"] = "id"
     clean_mentions: bool = True
     clean_urls: bool = True
     clean_hashtags: bool = True
@@ -125,10 +127,17 @@ class Settings(BaseSettings):
     aggregate_update_interval_s: float = Field(default=1.0, ge=0)
     idle_flush_s: float = Field(default=30, gt=0)
     partition_idle_s: float = Field(default=30, gt=0)
+    drift_reference: Path | None = None
+    drift_window_s: float = Field(default=300, gt=0)
+    drift_min_count: int = Field(default=100, ge=1)
     group_instance_id: str | None = None
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     transactional_id: str | None = None
     session_timeout_s: float = Field(default=10, gt=0, le=300)
+    api_max_texts: int = Field(default=64, ge=1)
+    api_max_request_bytes: int = Field(default=1024 * 1024, ge=1)
+    api_rate_per_s: float = Field(default=20.0, gt=0)
+    api_burst: int = Field(default=40, ge=1)
     web_port: int = Field(default=6066, ge=0, le=65535)
     web_url: str | None = None
     data_dir: Path = Path(".sentistream-data")

@@ -9,6 +9,7 @@ engine answers, else a local broker from ``infra/kafka/lib`` (``./dev setup`` re
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import time
 import uuid
@@ -305,6 +306,22 @@ def _embedded_broker_limits(request: pytest.FixtureRequest) -> None:
         request.applymarker(
             pytest.mark.xfail(strict=True, reason="the embedded broker lacks this Kafka behaviour")
         )
+
+
+@pytest.fixture(autouse=True)
+def _debian_tools(request: pytest.FixtureRequest) -> None:
+    """A ``debian_tools("promtool", ...)`` test runs those programs (Debian's packages, which
+    ./dev setup installs as root): skipped with the reason without them, except under CI."""
+    marker = request.node.get_closest_marker("debian_tools")
+    if marker is None:
+        return
+    missing = [tool for tool in marker.args if shutil.which(tool) is None]
+    if not missing:
+        return
+    problem = f"{', '.join(missing)} not installed (./dev setup installs them as root with apt-get)"
+    if os.environ.get("CI"):
+        pytest.fail(problem)
+    pytest.skip(problem)
 
 
 @pytest.fixture(autouse=True)

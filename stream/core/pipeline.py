@@ -10,12 +10,19 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from stream.core.batching import score_isolating_failures
 from stream.core.candidates import CANARY_SALT, SHADOW_SALT, Candidate, in_share, shadow_value
 from stream.core.cleaning import CleaningRules, clean_text
-from stream.core.codec import dead_letter_headers, decode_message, encode_json, format_time_ms
+from stream.core.codec import (
+    HEADER_REASON,
+    HEADER_SOURCE_TOPIC,
+    dead_letter_headers,
+    decode_message,
+    encode_json,
+    format_time_ms,
+)
 from stream.core.errors import STAGE_OF_REASON, DeadLetterReason, PoisonRecord
 from stream.core.records import Message, Prediction, RawRecord, ScoredBatch
 
@@ -33,6 +40,10 @@ class Classifier(Protocol):
     def version(self) -> str: ...
 
     def predict(self, texts: Sequence[str]) -> ScoredBatch: ...
+
+
+# What an event's Kafka key is: the message id (default), or its channel (a conversation).
+EventKey = Literal["id", "channel"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,11 +97,52 @@ class BatchOutcome:
     shadow_agreements: Counter[bool] = field(default_factory=Counter)  # labels equal? -> count
     language_failures: int = 0  # takes whose language detection failed (languages left null)
 
-    def event_records(self) -> list[OutRecord]:
+    def event_records(self, key_by: EventKey = "id") -> list[OutRecord]:
+        """The events as records, keyed by the message id, or (``channel``) by the message's
+        channel, so one conversation's events share a partition and stay in order (a message
+        without a channel is keyed by its id)."""
         return [
-            OutRecord(key=event.message.id.encode(), value=encode_json(event.payload))
+            OutRecord(key=event_key(event, key_by), value=encode_json(event.payload))
             for event in self.events
         ]
+
+
+def split_outcome(
+    outcome: BatchOutcome, side_topic: str
+) -> tuple[BatchOutcome, list[ScoredEvent], list[OutRecord]]:
+    """Take the results of records read from ``side_topic`` (the classify API's texts, scored
+    with a take) out of ``outcome``: (what the stream publishes, their events, their dead
+    letters). The forward passes stay in the stream's outcome: they ran once for both."""
+    side_events = [e for e in outcome.events if e.origin.rsplit("/", 1)[0] == side_topic]
+    side_dead = [d for d in outcome.dead_letters if _source_topic(d) == side_topic]
+    side_ids = {e.message.id.encode() for e in side_events} | {d.key for d in side_dead}
+    stream_dead = [d for d in outcome.dead_letters if _source_topic(d) != side_topic]
+    reasons: Counter[str] = Counter()
+    for dead in stream_dead:
+        reasons[dict(dead.headers).get(HEADER_REASON, b"unknown").decode()] += 1
+    stream = BatchOutcome(
+        events=[e for e in outcome.events if e.origin.rsplit("/", 1)[0] != side_topic],
+        dead_letters=stream_dead,
+        reasons=reasons,
+        scored_batches=outcome.scored_batches,
+        shadow=[r for r in outcome.shadow if r.key not in side_ids],
+        shadow_batches=outcome.shadow_batches,
+        shadow_failures=outcome.shadow_failures,
+        shadow_agreements=outcome.shadow_agreements,
+        language_failures=outcome.language_failures,
+    )
+    return stream, side_events, side_dead
+
+
+def _source_topic(dead: OutRecord) -> str | None:
+    value = dict(dead.headers).get(HEADER_SOURCE_TOPIC)
+    return None if value is None else value.decode()
+
+
+def event_key(event: ScoredEvent, key_by: EventKey) -> bytes:
+    if key_by == "channel" and event.message.channel:
+        return event.message.channel.encode()
+    return event.message.id.encode()
 
 
 def next_offsets(records: Sequence[RawRecord]) -> dict[tuple[str, int], int]:

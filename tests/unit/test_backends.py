@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.backends import Backend, BackendError, resolve_backend, sensitive_matmuls
+from models.backends import (
+    Backend,
+    BackendError,
+    cpu_flags,
+    resolve_backend,
+    sensitive_matmuls,
+    unsigned_int8_weights,
+)
 from models.runner import ModelLoadError, RunnerOptions, SentimentRunner
 
 pytestmark = pytest.mark.slow
@@ -90,11 +97,22 @@ def test_onnx_int8_keeps_labels_and_accuracy_on_sst2_dev(
     assert accuracy_int8 >= accuracy_fp32 - 0.005
 
 
+def test_int8_weights_are_unsigned_only_on_cpus_without_vnni(tmp_path: Path) -> None:
+    assert unsigned_int8_weights(frozenset({"avx2", "fma"}))
+    assert not unsigned_int8_weights(frozenset({"avx2", "avx512_vnni"}))
+    assert not unsigned_int8_weights(frozenset({"avx2", "avx_vnni"}))
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512_vnni\n")
+    assert cpu_flags(cpuinfo) == frozenset({"fpu", "sse2", "avx2", "avx512_vnni"})
+    assert cpu_flags(tmp_path / "missing") == frozenset()
+
+
 def test_onnx_export_is_cached_by_weights_and_reused(
     runners: dict[str, SentimentRunner], cache_dir: Path, tmp_path: Path
 ) -> None:
     exports = sorted((cache_dir / "onnx").glob("*/model.*.onnx"))
-    assert [path.name for path in exports] == ["model.fp32.onnx", "model.int8.onnx"]
+    int8_name = "model.int8-u8.onnx" if unsigned_int8_weights(cpu_flags()) else "model.int8.onnx"
+    assert sorted(path.name for path in exports) == sorted(["model.fp32.onnx", int8_name])
     stamps = {path: path.stat().st_mtime_ns for path in exports}
     SentimentRunner(str(MINILM), RunnerOptions(backend="onnx-int8", cache_dir=cache_dir))
     assert {path: path.stat().st_mtime_ns for path in exports} == stamps, "re-exported"

@@ -545,3 +545,19 @@ def test_a_failing_language_detector_leaves_languages_null_and_loses_nothing() -
     assert len(outcome.events) == 5
     assert all(e.payload["lang_detected"] is None for e in outcome.events)
     assert outcome.language_failures == 1
+
+
+def test_events_can_be_keyed_by_channel_in_input_order() -> None:
+    """SENTISTREAM_EVENT_KEY=channel: one conversation's events share a key (so a partition), in
+    the order the messages came; a message without a channel keeps its id as key."""
+    texts = [("good a", "room-1"), ("bad b", "room-2"), ("good c", "room-1"), ("bad d", None)]
+    records = [
+        record(message(text, id=f"c{i}", **({"channel": ch} if ch else {})), i)
+        for i, (text, ch) in enumerate(texts)
+    ]
+    outcome, _ = run(records)
+    keys = [out.key for out in outcome.event_records("channel")]
+    assert keys == [b"room-1", b"room-2", b"room-1", b"c3"]
+    assert [out.key for out in outcome.event_records()] == [b"c0", b"c1", b"c2", b"c3"]
+    ids = [orjson.loads(out.value or b"")["id"] for out in outcome.event_records("channel")]
+    assert ids == ["c0", "c1", "c2", "c3"]
