@@ -389,6 +389,16 @@ class StopOnSignal(TrainerCallback):
             control.should_training_stop = True
         return control
 
+    def on_epoch_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any
+    ) -> TrainerControl:
+        # The Trainer ends the cut-short epoch as if it were whole: an evaluation there would
+        # add a validation pass (and a best-model candidate) that a straight run never has.
+        if self.signal_name is not None:
+            control.should_evaluate = False
+            control.should_log = False
+        return control
+
 
 class StopEarly(TrainerCallback):
     """Early stopping by :class:`stream.core.training.EarlyStopping`; rebuilt from the log on a
@@ -600,7 +610,7 @@ def fit(
         data_collator=Collate(tokenizer, options.max_length, options.head),
         compute_metrics=metrics_function(options),
         compute_loss_func=make_loss(options.head, options.label_smoothing),
-        callbacks=[stop_on_signal, stop_early, Progress(progress, write), *callbacks],
+        callbacks=[*callbacks, stop_on_signal, stop_early, Progress(progress, write)],
     )
     trainer.remove_callback(PrinterCallback)  # the Progress callback reports instead
     resume_from = _last_checkpoint(checkpoints) if resume else None

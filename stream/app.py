@@ -65,7 +65,13 @@ from stream.core.classify_api import (
     parse_classify_request,
     retry_after_header,
 )
-from stream.core.codec import encode_json
+from stream.core.codec import (
+    HEADER_REASON,
+    HEADER_SOURCE_OFFSET,
+    HEADER_SOURCE_PARTITION,
+    HEADER_SOURCE_TOPIC,
+    encode_json,
+)
 from stream.core.drift import DriftTracker
 from stream.core.errors import EXIT_UNPUBLISHED, UnavailableError
 from stream.core.health import (
@@ -431,6 +437,7 @@ def api_limits(settings: Settings) -> ApiLimits:
 
 
 DRIFT_CHECK_S = 2.0
+DEAD_LETTER_SOURCE = (HEADER_SOURCE_TOPIC, HEADER_SOURCE_PARTITION, HEADER_SOURCE_OFFSET)
 # The live page (/dashboard): static HTML whose script reads /dashboard/status and /aggregates.
 DASHBOARD_HTML = (Path(__file__).parent / "web" / "dashboard.html").read_text(encoding="utf-8")
 
@@ -452,18 +459,27 @@ def wire_drift(
     worker = f"{socket.gethostname()}:{settings.web_port}"
 
     def observe(records: Sequence[RawRecord], outcome: BatchOutcome) -> None:
+        now = now_ms()
         for event in outcome.events:
-            tracker.add_event(event.payload, event.message.event_time_ms)
-        if outcome.dead_letters:
-            # a dead letter has no trusted event time: the take's latest record time stands in
-            at = max((r.timestamp_ms or 0 for r in records), default=0)
-            for reason, count in outcome.reasons.items():
-                for _ in range(count):
-                    tracker.add_dead_letter(str(reason), at)
+            tracker.add_event(
+                event.payload, event.message.event_time_ms, origin=event.origin, now_ms=now
+            )
+        if not outcome.dead_letters:
+            return
+        # a dead letter has no trusted event time: its input record's Kafka timestamp stands in
+        times = {(r.topic, str(r.partition), str(r.offset)): r.timestamp_ms for r in records}
+        for dead in outcome.dead_letters:
+            headers = {name: value.decode() for name, value in dead.headers}
+            topic, partition, offset = (headers.get(name, "") for name in DEAD_LETTER_SOURCE)
+            where = (topic, partition, offset)
+            tracker.add_dead_letter(
+                headers.get(HEADER_REASON, "unknown"), times.get(where) or now,
+                origin=f"{where[0]}/{where[1]}", now_ms=now,
+            )  # fmt: skip
 
     @app.timer(interval=DRIFT_CHECK_S)  # type: ignore[untyped-decorator]
     async def publish_drift() -> None:
-        for record in tracker.close_due():
+        for record in tracker.close_due(now_ms()):
             metrics.record_drift(record)
             document = {**record.to_json(), "worker": worker}
             latest[record.source] = document

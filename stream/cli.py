@@ -206,6 +206,7 @@ def drift_tracker(settings: Settings) -> DriftTracker | None:
         window_ms=int(settings.drift_window_s * 1000),
         grace_ms=int(settings.window_grace_s * 1000),
         min_count=settings.drift_min_count,
+        idle_ms=int(settings.partition_idle_s * 1000),
     )
 
 

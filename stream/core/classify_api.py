@@ -25,10 +25,17 @@ RESULT_FIELDS = (
 @dataclass(frozen=True, slots=True)
 class ApiLimits:
     max_texts: int = 64  # texts per request
-    max_text_bytes: int = 64 * 1024  # UTF-8 bytes per text
+    max_text_bytes: int = 64 * 1024  # UTF-8 bytes per text (the worker's message limit)
     max_request_bytes: int = 1024 * 1024  # the request body
     rate_per_s: float = 20.0  # requests per second per client, sustained
     burst: int = 40  # requests a client may send at once
+
+    @property
+    def max_text_chars(self) -> int:
+        """The per-text limit in characters (the schema's maxLength): a quarter of the byte
+        limit, so every text within it is within the byte limit too (UTF-8 is at most 4 bytes a
+        character) and the schema's answer and the server's always agree."""
+        return max(1, self.max_text_bytes // 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,17 +72,17 @@ def parse_classify_request(body: bytes, limits: ApiLimits) -> list[str] | ApiErr
     if not texts:
         return ApiError(400, "invalid_request", '"texts" is empty')
     if len(texts) > limits.max_texts:
-        return ApiError(413, "too_many_texts",
+        return ApiError(400, "too_many_texts",
                         f"{len(texts)} texts; at most {limits.max_texts} per request")  # fmt: skip
     for index, text in enumerate(texts):
         if not isinstance(text, str):
             return ApiError(400, "invalid_text", f"text {index} is not a string")
         if not text.strip():
             return ApiError(400, "empty_text", f"text {index} is empty")
-        size = len(text.encode("utf-8", errors="surrogatepass"))
-        if size > limits.max_text_bytes:
-            limit = limits.max_text_bytes
-            return ApiError(413, "text_too_large", f"text {index} is {size} bytes; at most {limit}")
+        if len(text) > limits.max_text_chars:
+            limit = limits.max_text_chars
+            return ApiError(400, "text_too_long", f"text {index} has {len(text)} characters; "
+                            f"at most {limit}")  # fmt: skip
     return texts
 
 
@@ -144,7 +151,8 @@ def openapi_document(limits: ApiLimits) -> dict[str, Any]:
             "error": error["properties"]["error"],  # type: ignore[index]
         },
     }
-    text = {"type": "string", "minLength": 1, "maxLength": limits.max_text_bytes}
+    text = {"type": "string", "minLength": 1, "maxLength": limits.max_text_chars,
+            "pattern": r"\S"}  # fmt: skip
     request = {
         "oneOf": [
             {"type": "object", "required": ["text"], "additionalProperties": False,
@@ -191,8 +199,11 @@ def openapi_document(limits: ApiLimits) -> dict[str, Any]:
                                 }
                             },
                         },
-                        "400": error_response("the request is not valid JSON of the schema"),
-                        "413": error_response("too many texts, or a text or body too large"),
+                        "400": error_response(
+                            "the request is not valid JSON of the schema "
+                            "(too many texts, a text too long or blank)"
+                        ),
+                        "413": error_response("the request body is over the byte limit"),
                         "415": error_response("the body is not application/json"),
                         "429": {
                             **error_response("rate limited: retry after Retry-After seconds"),

@@ -328,61 +328,83 @@ def compare(
 
 
 class DriftTracker:
-    """Profiles per (window start, source) by event time; a window is compared and dropped once
-    the highest event time seen passes its end plus ``grace_ms``, or at :meth:`flush`."""
+    """Profiles per (window start, source) by event time. A window is compared and dropped once
+    stream time passes its end plus ``grace_ms``, or at :meth:`flush`.
 
-    def __init__(self, reference: Profile, window_ms: int, grace_ms: int, min_count: int) -> None:
+    Stream time is a watermark, as for the windowed ratios: each input partition's highest event
+    time, and the lowest of those over the partitions heard from in the last ``idle_ms`` of wall
+    time (one partition read ahead of another cannot make the other's events late; a partition
+    that went quiet stops holding the others back)."""
+
+    def __init__(
+        self,
+        reference: Profile,
+        window_ms: int,
+        grace_ms: int,
+        min_count: int,
+        idle_ms: int = 30_000,
+    ) -> None:
         if window_ms <= 0:
             raise ValueError("the drift window must be positive")
         self.reference = reference
         self.window_ms = window_ms
         self.grace_ms = grace_ms
         self.min_count = min_count
+        self.idle_ms = idle_ms
         self.open: dict[tuple[int, str], Profile] = {}
-        self.stream_time_ms: int | None = None
+        self.partitions: dict[str, tuple[int, int]] = {}  # origin -> (highest event time, seen at)
         self.late_events = 0
+
+    def stream_time_ms(self, now_ms: int) -> int | None:
+        if not self.partitions:
+            return None
+        active = [t for t, seen in self.partitions.values() if now_ms - seen < self.idle_ms]
+        if not active:
+            return max(t for t, _ in self.partitions.values())
+        return min(active)
 
     def _window(self, start: int, source: str) -> Profile:
         return self.open.setdefault((start, source), Profile())
 
-    def _start(self, time_ms: int) -> int | None:
+    def _start(self, time_ms: int, now_ms: int) -> int | None:
         start = (time_ms // self.window_ms) * self.window_ms
-        if self.stream_time_ms is not None and start + self.window_ms + self.grace_ms <= (
-            self.stream_time_ms
-        ):
+        stream_time = self.stream_time_ms(now_ms)
+        if stream_time is not None and start + self.window_ms + self.grace_ms <= stream_time:
             return None  # that window was closed already
         return start
 
-    def add_event(self, event: Mapping[str, Any], event_time_ms: int) -> None:
-        start = self._start(event_time_ms)
+    def add_event(
+        self, event: Mapping[str, Any], event_time_ms: int, *, origin: str = "", now_ms: int = 0
+    ) -> None:
+        """``origin``: the input partition the event came from; ``now_ms``: the wall clock."""
+        start = self._start(event_time_ms, now_ms)
         if start is None:
             self.late_events += 1
-            return
-        source = str(event.get("source") or UNKNOWN_SOURCE)
-        self._window(start, GLOBAL_KEY).add_event(event)
-        self._window(start, f"source={source}").add_event(event)
-        self._advance(event_time_ms)
+        else:
+            source = str(event.get("source") or UNKNOWN_SOURCE)
+            self._window(start, GLOBAL_KEY).add_event(event)
+            self._window(start, f"source={source}").add_event(event)
+        self._advance(origin, event_time_ms, now_ms)
 
-    def add_dead_letter(self, reason: str, time_ms: int) -> None:
-        start = self._start(time_ms)
+    def add_dead_letter(
+        self, reason: str, time_ms: int, *, origin: str = "", now_ms: int = 0
+    ) -> None:
+        start = self._start(time_ms, now_ms)
         if start is None:
             self.late_events += 1
-            return
-        self._window(start, GLOBAL_KEY).add_dead_letter(reason)
-        self._advance(time_ms)
+        else:
+            self._window(start, GLOBAL_KEY).add_dead_letter(reason)
+        self._advance(origin, time_ms, now_ms)
 
-    def _advance(self, time_ms: int) -> None:
-        if self.stream_time_ms is None or time_ms > self.stream_time_ms:
-            self.stream_time_ms = time_ms
+    def _advance(self, origin: str, time_ms: int, now_ms: int) -> None:
+        highest, _seen = self.partitions.get(origin, (time_ms, now_ms))
+        self.partitions[origin] = (max(highest, time_ms), now_ms)
 
-    def close_due(self) -> list[DriftRecord]:
-        if self.stream_time_ms is None:
+    def close_due(self, now_ms: int = 0) -> list[DriftRecord]:
+        stream_time = self.stream_time_ms(now_ms)
+        if stream_time is None:
             return []
-        due = [
-            key
-            for key in self.open
-            if key[0] + self.window_ms + self.grace_ms <= self.stream_time_ms
-        ]
+        due = [k for k in self.open if k[0] + self.window_ms + self.grace_ms <= stream_time]
         return self._close(due)
 
     def flush(self) -> list[DriftRecord]:

@@ -57,6 +57,7 @@ def test_a_label_shift_is_flagged_and_a_window_like_the_reference_is_not(
         SENTISTREAM_BACKEND="torch-fp32", SENTISTREAM_DRIFT_REFERENCE=str(reference),
         SENTISTREAM_DRIFT_TOPIC=drift_topic, SENTISTREAM_DRIFT_WINDOW_S=str(WINDOW_S),
         SENTISTREAM_DRIFT_MIN_COUNT="50", SENTISTREAM_WINDOW_GRACE_S="1",
+        SENTISTREAM_PARTITION_IDLE_S="3",
     )  # fmt: skip
     dev = labelled_dev()
     like_reference = dev[::4][:150]  # every 4th sentence: both labels, as in the file

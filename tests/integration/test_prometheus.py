@@ -105,6 +105,8 @@ class RunningPrometheus:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as r:
                 return bytes(r.read())
+        except urllib.error.HTTPError:
+            raise  # an answer: the caller decides
         except (urllib.error.URLError, ConnectionError):
             return None
 

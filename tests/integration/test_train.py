@@ -104,7 +104,8 @@ def test_a_small_run_leaves_a_loadable_checkpoint_reports_figures_and_a_registry
     assert {"torch", "transformers", "accelerate", "python"} <= set(config["libraries"])
     train_file = config["data"]["train"]
     assert len(train_file["sha256"]) == 64
-    assert train_file["counts"]["lines"] == 241  # the header is skipped, every line counted
+    assert train_file["counts"]["lines"] == 240  # every row read (the header is not a row)
+    assert train_file["counts"]["kept"] == 240
     assert train_file["rows"]["train"] + train_file["rows"]["validation"] == 240
     assert train_file["rows"]["validation"] > 0  # --validation-split 0.15 of the file
 

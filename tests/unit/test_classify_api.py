@@ -16,7 +16,7 @@ from stream.core.classify_api import (
     retry_after_header,
 )
 
-LIMITS = ApiLimits(max_texts=3, max_text_bytes=20, max_request_bytes=200)
+LIMITS = ApiLimits(max_texts=3, max_text_bytes=80, max_request_bytes=200)  # 20 characters
 
 
 def test_one_text_or_a_list_of_texts() -> None:
@@ -36,9 +36,8 @@ def test_one_text_or_a_list_of_texts() -> None:
         (b'{"texts": []}', 400, "invalid_request"),
         (b'{"texts": ["a", 3]}', 400, "invalid_text"),
         (b'{"text": "   "}', 400, "empty_text"),
-        (b'{"texts": ["a", "b", "c", "d"]}', 413, "too_many_texts"),
-        (b'{"text": "' + b"x" * 21 + b'"}', 413, "text_too_large"),
-        (b'{"text": "' + "é".encode() * 11 + b'"}', 413, "text_too_large"),  # 22 bytes
+        (b'{"texts": ["a", "b", "c", "d"]}', 400, "too_many_texts"),
+        (b'{"text": "' + b"x" * 21 + b'"}', 400, "text_too_long"),
         (b'{"text": "' + b"x" * 300 + b'"}', 413, "request_too_large"),
     ],
 )
@@ -47,6 +46,12 @@ def test_bad_requests_get_a_4xx_with_a_code(body: bytes, status: int, code: str)
     assert isinstance(problem, ApiError)
     assert (problem.status, problem.code) == (status, code)
     assert set(problem.body()["error"]) == {"code", "message"}
+
+
+def test_any_text_within_the_character_limit_is_within_the_byte_limit() -> None:
+    widest = "😀" * LIMITS.max_text_chars  # 4 bytes a character
+    assert parse_classify_request(orjson.dumps({"text": widest}), LIMITS) == [widest]
+    assert len(widest.encode()) == LIMITS.max_text_bytes
 
 
 def test_a_result_has_the_event_fields_without_ids_or_text() -> None:

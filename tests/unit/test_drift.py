@@ -138,10 +138,10 @@ def test_the_tracker_closes_windows_by_event_time_per_source(reference: Profile)
     tracker = DriftTracker(reference, window_ms=WINDOW_MS, grace_ms=10_000, min_count=10)
     for index in range(200):
         source = "twitter" if index % 2 else "reddit"
-        tracker.add_event(event(rng, source=source), event_time_ms=index * 1_000)
-    tracker.add_dead_letter("invalid_json", time_ms=150_000)
+        tracker.add_event(event(rng, source=source), event_time_ms=index * 1_000, origin="in/0")
+    tracker.add_dead_letter("invalid_json", time_ms=150_000, origin="in/0")
     assert tracker.close_due() == []  # stream time 199 s: the first window is still open
-    tracker.add_event(event(rng), event_time_ms=WINDOW_MS + 10_000)
+    tracker.add_event(event(rng), event_time_ms=WINDOW_MS + 10_000, origin="in/0")
     closed = tracker.close_due()
     assert [(r.window_start_ms, r.source) for r in closed] == [
         (0, "all"), (0, "source=reddit"), (0, "source=twitter"),
@@ -149,9 +149,23 @@ def test_the_tracker_closes_windows_by_event_time_per_source(reference: Profile)
     overall = closed[0]
     assert (overall.events, overall.dead_letters) == (200, 1)
     assert overall.dead_letter_reasons == {"invalid_json": 1}
-    tracker.add_event(event(rng), event_time_ms=5_000)  # for a closed window: late
+    tracker.add_event(event(rng), event_time_ms=5_000, origin="in/0")  # for a closed window: late
     assert tracker.late_events == 1
     assert [r.window_start_ms for r in tracker.flush()] == [WINDOW_MS, WINDOW_MS]
+
+
+def test_a_partition_read_ahead_does_not_make_the_others_late(reference: Profile) -> None:
+    rng = random.Random(9)
+    tracker = DriftTracker(reference, window_ms=WINDOW_MS, grace_ms=0, min_count=1,
+                           idle_ms=30_000)  # fmt: skip
+    tracker.add_event(event(rng), event_time_ms=1_000, origin="in/1", now_ms=0)
+    tracker.add_event(event(rng), event_time_ms=WINDOW_MS * 3, origin="in/0", now_ms=1_000)
+    assert tracker.close_due(now_ms=1_000) == []  # in/1 holds stream time back at 1 s
+    tracker.add_event(event(rng), event_time_ms=2_000, origin="in/1", now_ms=2_000)
+    assert tracker.late_events == 0
+    # in/1 goes quiet: after idle_ms of wall time it stops holding the window open
+    closed = tracker.close_due(now_ms=40_000)
+    assert next((r.window_start_ms, r.source, r.events) for r in closed) == (0, "all", 2)
 
 
 def test_only_gold_labels_that_name_a_class_count() -> None:
