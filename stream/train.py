@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from connectors.files import CsvOptions, FileFormat
-from stream.core.errors import ConfigurationError
+from stream.core.errors import ConfigurationError, InterruptedRun
 from stream.core.evaluation import parse_label_map
 from stream.core.records import Label
 from stream.core.training import (
@@ -177,13 +177,21 @@ def run_training(
 
     train_set = training.StoredExamples(stores["train"])
     validation_set = training.StoredExamples(stores["validation"])
+    # Training time across an interrupted run and its resumes (the Trainer keeps none).
+    seconds_file = out / training.CHECKPOINTS / "train_seconds"
+    before = float(seconds_file.read_text()) if request.resume and seconds_file.is_file() else 0.0
+    fit_started = time.monotonic()
     try:
         fitted = training.fit(
             base, options, precision, train_set, validation_set, out,
             resume=request.resume, progress=request.progress, write=write, callbacks=callbacks,
         )  # fmt: skip
+        fitted.train_seconds += before
         _save_serving_window(fitted.model_dir, options)
         evaluation_file = request.test or _validation_jsonl(validation_set, data_dir, options)
+    except InterruptedRun:
+        seconds_file.write_text(f"{before + time.monotonic() - fit_started:.1f}")
+        raise
     finally:
         train_set.close()
         validation_set.close()

@@ -20,6 +20,7 @@ from connectors.broker import free_port
 from connectors.producer import RecordProducer
 from stream.settings import KafkaSettings, TopicSettings
 from tests.conftest import Collector, WorkerFactory
+from tests.integration.live_page import check_live_page
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "infra" / "prometheus"
@@ -141,8 +142,8 @@ class RunningPrometheus:
 @pytest.mark.broker
 @pytest.mark.slow
 @pytest.mark.one_broker
-@pytest.mark.debian_tools("prometheus")
-def test_every_dashboard_query_returns_series_from_a_real_prometheus_scraping_a_worker(
+@pytest.mark.debian_tools("prometheus", "chromium")
+def test_the_dashboard_queries_return_series_and_the_live_page_shows_the_stream(
     kafka: KafkaSettings,
     topics: TopicSettings,
     start_worker: WorkerFactory,
@@ -175,8 +176,9 @@ def test_every_dashboard_query_returns_series_from_a_real_prometheus_scraping_a_
             for index in range(25):
                 text = texts[index % 4]
                 gold = "POSITIVE" if index % 2 == 0 else "NEGATIVE"
+                source = "reviews" if index % 3 else "support-chat"
                 value = orjson.dumps({"id": f"p{second}-{index}", "text": text, "label": gold,
-                                      "source": "reviews" if index % 3 else "chat"})  # fmt: skip
+                                      "source": source})  # fmt: skip
                 producer.send(topics.input_topic, value if index != 7 else b"{not json")
                 sent += 1
             producer.flush()
@@ -212,3 +214,5 @@ def test_every_dashboard_query_returns_series_from_a_real_prometheus_scraping_a_
         ), rules
     finally:
         prometheus.stop()
+    # the same worker's live page, in headless Chromium
+    check_live_page(f"http://127.0.0.1:{worker.env['SENTISTREAM_WEB_PORT']}", tmp_path)

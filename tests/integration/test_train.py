@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
-from connectors.files import FileFormat
+from connectors.files import CsvOptions, FileFormat
 from connectors.producer import RecordProducer
 from stream.cli import main
 from stream.core.errors import InterruptedRun
@@ -184,35 +184,41 @@ class SignalAtStep:
         return _Send()
 
 
+RESUME_OPTIONS = {"learning_rate": 5e-4, "max_epochs": 2}  # 15 steps per epoch at batch 16
+
+
+@pytest.fixture(scope="module")
+def straight_run(
+    tiny_base: Path, small_data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Any:
+    out = tmp_path_factory.mktemp("straight") / "run"
+    return run_training(train_request(tiny_base, small_data, out, **RESUME_OPTIONS),
+                        Settings.from_env(), write=lambda _line: None)  # fmt: skip
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_resume_after_a_signal_ends_on_the_same_weights_as_a_straight_run(
-    tiny_base: Path, small_data: dict[str, Path], tmp_path: Path, signum: int
+    tiny_base: Path, small_data: dict[str, Path], tmp_path: Path, signum: int, straight_run: Any
 ) -> None:
     from models.training import weights_sha256
 
     settings = Settings.from_env()
-    options = {"learning_rate": 5e-4, "max_epochs": 2}  # 15 steps per epoch at batch 16
-    straight = run_training(train_request(tiny_base, small_data, tmp_path / "straight", **options),
-                            settings, write=lambda _line: None)  # fmt: skip
-
-    interrupted = train_request(tiny_base, small_data, tmp_path / "cut", **options)
+    interrupted = train_request(tiny_base, small_data, tmp_path / "cut", **RESUME_OPTIONS)
     with pytest.raises(InterruptedRun, match="--resume") as stopped:
         run_training(interrupted, settings, write=lambda _line: None,
                      callbacks=[SignalAtStep(step=17, signum=signum)])  # fmt: skip
     assert stopped.value.exit_code == 130
-    assert "step 17/30" in str(stopped.value)
+    assert "step 17/30" in str(stopped.value)  # mid-way through the second epoch
     assert (tmp_path / "cut" / "checkpoints" / "checkpoint-17").is_dir()
     assert not (tmp_path / "cut" / "model").exists()
 
+    seconds = float((tmp_path / "cut" / "checkpoints" / "train_seconds").read_text())
     resumed = run_training(_resumed(interrupted), settings, write=lambda _line: None)
-    assert weights_sha256(resumed.model_dir) == weights_sha256(straight.model_dir)
-    assert resumed.report["epochs"] == straight.report["epochs"]
-    # and a run that changed something cannot resume it
-    interrupted_again = train_request(tiny_base, small_data, tmp_path / "cut2", **options)
-    with pytest.raises(InterruptedRun):
-        run_training(interrupted_again, settings, write=lambda _line: None,
-                     callbacks=[SignalAtStep(step=5, signum=signum)])  # fmt: skip
-    changed = train_request(tiny_base, small_data, tmp_path / "cut2", learning_rate=1e-4,
+    assert resumed.report["train_seconds"] >= round(seconds, 1)  # the time before the cut counts
+    assert weights_sha256(resumed.model_dir) == weights_sha256(straight_run.model_dir)
+    assert resumed.report["epochs"] == straight_run.report["epochs"]
+    # a command that changed something cannot resume that run
+    changed = train_request(tiny_base, small_data, tmp_path / "cut", learning_rate=1e-4,
                             max_epochs=2)  # fmt: skip
     with pytest.raises(Exception, match="differs from the interrupted run"):
         run_training(_resumed(changed), settings, write=lambda _line: None)
@@ -273,8 +279,10 @@ def test_each_label_map_and_the_stream_cleaning_are_applied(
         (tmp_path / "val_labels.txt").write_text("0\n1\n2\n", encoding="utf-8")
     options = options_for(recipe, overrides)
     label_map = dict(options.label_map) if options.label_map else default_label_map(fmt)
+    csv = CsvOptions(label_column="label") if fmt is FileFormat.CSV else None
+    cleaning = pipeline_config(Settings.from_env()).cleaning
     counts, sizes = prepare_examples(
-        DataFile(str(path), fmt), label_map, options, pipeline_config(Settings.from_env()).cleaning,
+        DataFile(str(path), fmt, csv=csv), label_map, options, cleaning,
         {"train": tmp_path / "store" / "train"}, lambda _id: "train",
     )  # fmt: skip
     assert stored_labels(tmp_path / "store" / "train") == labels
