@@ -127,6 +127,7 @@ def test_the_threshold_table_and_the_target_precision_agree_with_the_predictions
 
 
 @pytest.mark.broker
+@pytest.mark.one_broker  # the comparison is of scoring paths, above the broker
 def test_live_eval_through_the_worker_predicts_what_offline_eval_predicts(
     offline_sst2: Path,
     minilm: Path,

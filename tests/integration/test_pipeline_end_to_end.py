@@ -266,6 +266,7 @@ def test_clear_social_messages_get_the_right_label_through_the_worker(
     assert got == CLEAR_CASES
 
 
+@pytest.mark.one_broker  # batching and scoring sit above the broker: one broker is enough
 @pytest.mark.parametrize("backend", ["torch-fp32", "onnx-fp32"])
 def test_batched_worker_results_equal_one_at_a_time_pipeline(
     backend: str,
