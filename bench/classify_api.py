@@ -22,6 +22,7 @@ from bench.run import start_broker
 from connectors.admin import ensure_topics, pipeline_topics
 from connectors.broker import free_port
 from connectors.producer import RecordProducer
+from stream.core.live import percentile as nearest_rank
 from stream.settings import KafkaSettings, TopicSettings
 from stream.worker_process import WorkerProcess
 
@@ -34,8 +35,10 @@ def sentences() -> list[str]:
 
 
 def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.999999) - 1))]
+    """Nearest rank, as the live page's (the phases are never empty)."""
+    value = nearest_rank(sorted(values), q)
+    assert value is not None
+    return value
 
 
 def ask(base: str, texts: list[str], rate: float, count: int) -> list[float]:

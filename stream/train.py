@@ -188,7 +188,12 @@ def run_training(
         )  # fmt: skip
         fitted.train_seconds += before
         _save_serving_window(fitted.model_dir, options)
-        evaluation_file = request.test or _validation_jsonl(validation_set, data_dir, options)
+        if request.test is not None:
+            evaluation_file = request.test
+            evaluation_map = _map_for(request.test, request.train.fmt, label_map)
+        else:  # the validation rows, written with the class names as labels
+            evaluation_file = _validation_jsonl(validation_set, data_dir, options)
+            evaluation_map = {name.lower(): name for name in class_labels(options)}
     except InterruptedRun:
         seconds_file.write_text(f"{before + time.monotonic() - fit_started:.1f}")
         raise
@@ -196,11 +201,12 @@ def run_training(
         train_set.close()
         validation_set.close()
 
-    evaluated = _evaluate(evaluation_file, fitted.model_dir, options, label_map, request, settings)
+    evaluated = _evaluate(evaluation_file, evaluation_map, fitted.model_dir, options, settings)
     report = _report_document(fitted, options, evaluated, bool(request.test), sizes)
     if request.export:
-        report["export"] = _export_onnx_int8(fitted.model_dir, out, evaluation_file, options,
-                                             label_map, request, settings, evaluated)  # fmt: skip
+        report["export"] = _export_onnx_int8(
+            fitted.model_dir, out, evaluation_file, evaluation_map, options, settings, evaluated
+        )
     report["wall_seconds"] = round(time.monotonic() - started, 1)
     _write_outputs(out, fitted, options, evaluated, report, config)
     registered = None
@@ -260,22 +266,19 @@ def _evaluation_settings(settings: Settings, backend: str) -> Settings:
 
 def _evaluate(
     data: DataFile,
+    data_map: dict[str, Label],
     model_dir: Path,
     options: TrainingOptions,
-    label_map: dict[str, Label],
-    request: TrainRequest,
     settings: Settings,
     backend: str = "torch-fp32",
 ) -> Evaluation:
-    """The saved checkpoint scored as the worker scores (decode, clean, batch, runner)."""
+    """The saved checkpoint scored as the worker scores (decode, clean, batch, runner);
+    ``data_map``: the file's label spelling -> model label."""
     from stream.evaluate import EvalRequest, run_evaluation
 
-    test_map = _map_for(data, request.train.fmt, label_map)
-    if data.fmt is FileFormat.JSONL and data.path.endswith("validation.jsonl"):
-        test_map = {name.lower(): name for name in class_labels(options)}
     eval_request = EvalRequest(
         path=data.path, fmt=data.fmt, csv=data.csv, labels_path=data.labels_path,
-        id_prefix=data.id_prefix, label_map=test_map, keep_neutral=options.keep_neutral,
+        id_prefix=data.id_prefix, label_map=data_map, keep_neutral=options.keep_neutral,
         offline=True, model=str(model_dir),
     )  # fmt: skip
     return run_evaluation(
@@ -287,9 +290,8 @@ def _export_onnx_int8(
     model_dir: Path,
     out: Path,
     data: DataFile,
+    data_map: dict[str, Label],
     options: TrainingOptions,
-    label_map: dict[str, Label],
-    request: TrainRequest,
     settings: Settings,
     fp32: Evaluation,
 ) -> dict[str, Any]:
@@ -297,7 +299,7 @@ def _export_onnx_int8(
     quantization) and score the same data with it."""
     cache = out / ".onnx-cache"
     quantized = _evaluate(
-        data, model_dir, options, label_map, request,
+        data, data_map, model_dir, options,
         settings.model_copy(update={"model_cache_dir": cache}), backend="onnx-int8",
     )  # fmt: skip
     exported = sorted(cache.glob("onnx/*/model.int8*.onnx"))
