@@ -30,7 +30,7 @@ from stream.core.errors import ConfigurationError
 log = logging.getLogger(__name__)
 
 # Bump when the export or quantization recipe changes: cached files from older recipes are ignored.
-ONNX_RECIPE = "v1"
+ONNX_RECIPE = "v2"
 ONNX_OPSET = 17
 
 
@@ -38,9 +38,23 @@ class Backend(StrEnum):
     AUTO = "auto"
     TORCH_FP32 = "torch-fp32"
     TORCH_INT8 = "torch-int8"
+    TORCH_BF16 = "torch-bf16"  # torch autocast to bfloat16 on the CPU (AMX / AVX-512 BF16)
     ONNX_FP32 = "onnx-fp32"
     ONNX_INT8 = "onnx-int8"
+    # ONNX Runtime's transformer optimizer (fused Attention, SkipLayerNormalization, BiasGelu,
+    # EmbedLayerNormalization) on the export; the int8 one quantizes the fused graph.
+    ONNX_FUSED_FP32 = "onnx-fused-fp32"
+    ONNX_FUSED_INT8 = "onnx-fused-int8"
     CUDA_FP16 = "cuda-fp16"
+    # Benchmark only: no model; every text gets the same answer at once (the pipeline's ceiling).
+    NULL = "null"
+
+
+ONNX_BACKENDS = frozenset(
+    {Backend.ONNX_FP32, Backend.ONNX_INT8, Backend.ONNX_FUSED_FP32, Backend.ONNX_FUSED_INT8}
+)
+FUSED_BACKENDS = frozenset({Backend.ONNX_FUSED_FP32, Backend.ONNX_FUSED_INT8})
+INT8_ONNX_BACKENDS = frozenset({Backend.ONNX_INT8, Backend.ONNX_FUSED_INT8})
 
 
 # Chosen from `sentistream bench` on the reference CPU (README "Performance"): ONNX Runtime int8 is
@@ -77,7 +91,7 @@ def resolve_backend(requested: str, device: str) -> Backend:
     if backend is Backend.CUDA_FP16 and not cuda:
         raise BackendError(
             "SENTISTREAM_BACKEND=cuda-fp16 needs a CUDA device and none is available; "
-            "use a CPU backend (onnx-int8, onnx-fp32, torch-fp32, torch-int8) or 'auto'"
+            "use a CPU backend (onnx-int8, onnx-fp32, torch-fp32, torch-int8, torch-bf16) or 'auto'"
         )
     if backend is Backend.CUDA_FP16 and device == "cpu":
         raise BackendError("SENTISTREAM_BACKEND=cuda-fp16 contradicts SENTISTREAM_DEVICE=cpu")
@@ -101,7 +115,14 @@ def load_forward(
             return TorchForward(model.half(), backend, torch.device("cuda"))
         case Backend.TORCH_INT8:
             return TorchForward(quantize_torch_int8(model), backend, torch.device("cpu"))
-        case Backend.ONNX_FP32 | Backend.ONNX_INT8:
+        case Backend.TORCH_BF16:
+            if not flags_with_bf16(cpu_flags()):
+                log.warning(
+                    "torch-bf16 on a CPU without AMX or AVX-512 BF16: bfloat16 is emulated here "
+                    "and slower than fp32; onnx-int8 is the faster CPU backend"
+                )
+            return TorchForward(model, backend, torch.device("cpu"), autocast=torch.bfloat16)
+        case backend if backend in ONNX_BACKENDS:
             path = onnx_model_path(model, backend, cache_dir, input_names)
             return OnnxForward(path, backend, threads)
     raise BackendError(f"no forward pass for backend {backend}")  # pragma: no cover - AUTO resolved
@@ -110,15 +131,27 @@ def load_forward(
 class TorchForward:
     tensor_type = "pt"
 
-    def __init__(self, model: Any, backend: Backend, device: torch.device) -> None:
+    def __init__(
+        self,
+        model: Any,
+        backend: Backend,
+        device: torch.device,
+        autocast: torch.dtype | None = None,
+    ) -> None:
         self.backend = backend
         self.device = str(device)
         self._device = device
         self._model = model.to(device).eval()
+        self._autocast = autocast  # run the matmuls in this dtype (CPU bfloat16)
 
     def __call__(self, inputs: Mapping[str, Any]) -> np.ndarray:
         batch = {name: tensor.to(self._device) for name, tensor in inputs.items()}
-        with torch.inference_mode():
+        with (
+            torch.inference_mode(),
+            torch.autocast(
+                self._device.type, dtype=self._autocast, enabled=self._autocast is not None
+            ),
+        ):
             logits = self._model(**batch).logits
         return np.asarray(logits.float().cpu().numpy(), dtype=np.float32)
 
@@ -170,7 +203,11 @@ def weights_digest(model: Any) -> str:
 
 
 def onnx_model_path(model: Any, backend: Backend, cache_dir: Path, input_names: list[str]) -> Path:
-    """The cached ONNX file for ``backend``, exporting (and quantizing) it first when missing."""
+    """The cached ONNX file for ``backend``, exporting (fusing, quantizing) it first when missing.
+
+    One folder per weights, recipe and library versions; in it the plain export, the fused graph
+    and the int8 copies of each (``-u8`` on CPUs without VNNI, see :func:`unsigned_int8_weights`).
+    """
     import onnxruntime
 
     key = (
@@ -178,17 +215,25 @@ def onnx_model_path(model: Any, backend: Backend, cache_dir: Path, input_names: 
         f"torch{torch.__version__.split('+')[0]}-ort{onnxruntime.__version__}"
     )
     folder = cache_dir.expanduser() / "onnx" / key
+    fused = backend in FUSED_BACKENDS
     fp32 = folder / "model.fp32.onnx"
     if not fp32.exists():
         log.info("exporting the model to ONNX (once per weights): %s", fp32)
         _atomically(fp32, lambda tmp: export_onnx(model, tmp, input_names))
-    if backend is Backend.ONNX_FP32:
-        return fp32
+    source = fp32
+    if fused:
+        source = folder / "model.fused.fp32.onnx"
+        if not source.exists():
+            log.info("fusing the ONNX graph (once per weights): %s", source)
+            _atomically(source, lambda tmp: fuse_onnx(model, tmp, input_names))
+    if backend not in INT8_ONNX_BACKENDS:
+        return source
     unsigned = unsigned_int8_weights(cpu_flags())
-    int8 = folder / ("model.int8-u8.onnx" if unsigned else "model.int8.onnx")
+    stem = "model.fused.int8" if fused else "model.int8"
+    int8 = folder / (f"{stem}-u8.onnx" if unsigned else f"{stem}.onnx")
     if not int8.exists():
         log.info("quantizing the ONNX model to int8 (once per weights): %s", int8)
-        _atomically(int8, lambda tmp: quantize_onnx_int8(fp32, tmp, unsigned_weights=unsigned))
+        _atomically(int8, lambda tmp: quantize_onnx_int8(source, tmp, unsigned_weights=unsigned))
     return int8
 
 
@@ -208,6 +253,60 @@ def export_onnx(model: Any, target: Path, input_names: list[str]) -> None:
             opset_version=ONNX_OPSET,
             dynamo=False,
         )
+
+
+def fuse_onnx(model: Any, target: Path, input_names: list[str]) -> dict[str, int]:
+    """Export with eager attention (the pattern ORT's fusions match: the SDPA export fuses no
+    Attention) and run ONNX Runtime's transformer optimizer, model type bert, on it.
+
+    Returns the fused operator counts (also in the graph's metadata, ``fused_operators``). Fails
+    with :class:`BackendError` when the graph has no fused Attention: the architecture is not one
+    the optimizer knows, and the plain backends should be used.
+    """
+    from onnxruntime.transformers import optimizer
+    from onnxruntime.transformers.fusion_options import FusionOptions
+
+    config = model.config
+    heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_heads", 0))
+    hidden = int(getattr(config, "hidden_size", 0) or getattr(config, "dim", 0))
+    with tempfile.TemporaryDirectory(prefix="fuse-", dir=target.parent) as private:
+        eager = Path(private) / "eager.onnx"
+        # Numerically the same attention; the torch model is not run again once its ONNX
+        # session exists (the runner drops it), so the switch is not undone.
+        model.set_attn_implementation("eager")
+        export_onnx(model, eager, input_names)
+        optimized = optimizer.optimize_model(
+            str(eager),
+            model_type="bert",
+            num_heads=heads,
+            hidden_size=hidden,
+            opt_level=0,  # ONNX Runtime's own graph optimizations run when the session loads
+            optimization_options=FusionOptions("bert"),
+            use_gpu=False,
+        )
+        counts = fused_operator_counts(optimized.model.graph)
+        if not counts.get("Attention"):
+            raise BackendError(
+                f"ONNX Runtime's optimizer fused no Attention in {config.model_type} "
+                f"({counts}); use onnx-int8 or onnx-fp32 for this model"
+            )
+        entry = optimized.model.metadata_props.add()
+        entry.key, entry.value = "fused_operators", ",".join(f"{k}={v}" for k, v in counts.items())
+        optimized.save_model_to_file(str(target))
+    return counts
+
+
+FUSED_OPERATORS = ("Attention", "EmbedLayerNormalization", "SkipLayerNormalization", "BiasGelu")
+
+
+def fused_operator_counts(graph: Any) -> dict[str, int]:
+    """How many of each fused transformer operator a graph holds (quantized ones included)."""
+    counts = dict.fromkeys(FUSED_OPERATORS, 0)
+    for node in graph.node:
+        name = node.op_type.removeprefix("Q")  # QAttention: the int8 Attention
+        if name in counts:
+            counts[name] += 1
+    return counts
 
 
 class _LogitsOnly(torch.nn.Module):
@@ -235,6 +334,14 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     except OSError:
         pass
     return frozenset()
+
+
+BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+
+
+def flags_with_bf16(flags: frozenset[str]) -> bool:
+    """The CPU multiplies bfloat16 natively (AMX tiles or AVX-512 BF16)."""
+    return bool(flags & BF16_FLAGS)
 
 
 def unsigned_int8_weights(flags: frozenset[str]) -> bool:
@@ -274,9 +381,11 @@ def quantize_onnx_int8(source: Path, target: Path, *, unsigned_weights: bool = F
             str(target),
             weight_type=QuantType.QUInt8 if unsigned_weights else QuantType.QInt8,
             per_channel=True,
-            op_types_to_quantize=["MatMul"],
+            # A fused graph's Attention nodes hold the Q/K/V weights: quantized to QAttention.
+            op_types_to_quantize=["MatMul", "Attention"],
             nodes_to_exclude=keep_fp32,
-            extra_options={"MatMulConstBOnly": True},
+            # The fused operators' outputs have no inferred type (another domain): fp32.
+            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
         )
 
 

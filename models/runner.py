@@ -20,8 +20,9 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from models.backends import BackendError, load_forward, resolve_backend
+from models.backends import Backend, BackendError, load_forward, resolve_backend
 from models.labels import BINARY_LABELS, normalise_labels
+from models.null import NullClassifier
 from stream.core.batching import plan_batches
 from stream.core.errors import ConfigurationError
 from stream.core.evaluation import parse_label_map
@@ -84,6 +85,12 @@ class SentimentRunner:
             self.backend = resolve_backend(options.backend, options.device)
         except BackendError as exc:
             raise ModelLoadError(str(exc)) from None
+        if self.backend is Backend.NULL:
+            raise ModelLoadError(
+                "SENTISTREAM_BACKEND=null runs no model (the benchmark's pipeline ceiling); it "
+                "applies to the worker's configured model only, not to a registry version, "
+                "canary, shadow or language model"
+            )
         resolve_device(options.device)  # a CUDA request without CUDA fails here, with the fix
         self.tokenizer, model = _load(model_id, options.revision)
         model.eval()
@@ -199,6 +206,13 @@ class SentimentRunner:
                 full = self.tokenizer(texts[index], truncation=False, verbose=False)["input_ids"]
                 flags[index] = len(full) > self.max_length
         return flags
+
+
+def load_classifier(model_id: str, options: RunnerOptions) -> SentimentRunner | NullClassifier:
+    """The worker's configured model: a runner, or with backend ``null`` the null classifier."""
+    if options.backend == Backend.NULL:
+        return NullClassifier()
+    return SentimentRunner(model_id, options)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -55,7 +55,7 @@ from stream.core.aggregation import (
     facts_records,
     parse_aggregates_query,
 )
-from stream.core.batching import collect_batch
+from stream.core.batching import ArrivalRate, DeadlineTake, ServiceTime, collect_batch
 from stream.core.candidates import Candidate
 from stream.core.classify_api import (
     ApiError,
@@ -216,6 +216,29 @@ def create_app(
 
     classify = ClassifyRequests(wake)
     max_wait_s = settings.batch_max_wait_ms / 1000
+    # Deadline-driven takes: a take waits for more messages while its oldest message's latency
+    # budget allows and waiting pays (stream.core.batching.DeadlineTake).
+    deadline = DeadlineTake(settings.latency_target_ms) if settings.latency_target_ms else None
+    service_time = ServiceTime()
+    arrivals = ArrivalRate()
+
+    def take_budget_s(items: Sequence[EventT[bytes] | None]) -> float:
+        if deadline is None:
+            return 0.0
+        oldest = next((item for item in items if item is not None), None)
+        if oldest is None:  # only classify API wake-ups: their callers wait, score now
+            return 0.0
+        now = now_ms()
+        size = len(items)
+        wait_ms = deadline.wait_ms(
+            oldest_age_ms=now - oldest.message.timestamp * 1000,
+            take_size=size,
+            max_size=take,
+            predicted_ms=service_time.predict(size + 1),
+            single_ms=service_time.predict(1),
+            arrivals_per_ms=arrivals.per_ms(now),
+        )
+        return wait_ms / 1000
 
     transactions = (
         TransactionalPublisher(
@@ -272,6 +295,7 @@ def create_app(
 
         async def feed() -> None:
             async for event in stream.events():
+                arrivals.observe(now_ms())
                 await queue.put(event)
 
         async def publish_then_ack(
@@ -296,7 +320,7 @@ def create_app(
         publishing: asyncio.Future[None] | None = None
         try:
             while True:
-                items = await collect_batch(queue, take, max_wait_s)
+                items = await collect_batch(queue, take, max_wait_s, take_budget_s)
                 events = [item for item in items if item is not None]
                 requests = classify.drain()  # classify API texts join this take
                 if not events and not requests:
@@ -305,6 +329,7 @@ def create_app(
                 api_records = classify.records(requests, now_ms())
                 # Scoring this take overlaps publishing the previous one (at most one of each in
                 # flight; takes are published and acked in the order they were read).
+                scoring_started = loop.time()
                 try:
                     outcome = await loop.run_in_executor(
                         scorer, score_take, [*records, *api_records], slot.current
@@ -312,6 +337,9 @@ def create_app(
                 except BaseException as exc:
                     classify.fail(requests, exc)
                     raise
+                service_time.observe(
+                    len(records) + len(api_records), (loop.time() - scoring_started) * 1000
+                )
                 if api_records:
                     outcome, api_events, api_dead = split_outcome(outcome, API_TOPIC)
                     classify.answer(requests, api_events, api_dead)

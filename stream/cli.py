@@ -57,14 +57,15 @@ def cmd_worker(_args: argparse.Namespace) -> int:
     # Before torch loads OpenMP: idle intra-op threads sleep rather than spin, leaving the cores to
     # the event loop between forward passes (ONNX Runtime gets the same via its session options).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from faust.worker import Worker
 
     from connectors.admin import ensure_topics, pipeline_topics
     from connectors.model_control import control_topic, ensure_control_topic, read_control
     from models.language import LanguageIdentifier
-    from models.runner import RunnerOptions, SentimentRunner
+    from models.null import NullClassifier
+    from models.runner import RunnerOptions, SentimentRunner, load_classifier
     from stream.app import create_app
     from stream.core.model_versions import ActiveModel
+    from stream.faust_fixes import HeadlessWorker
 
     settings = Settings.from_env()
     configure_logging(settings.log_level)
@@ -87,7 +88,7 @@ def cmd_worker(_args: argparse.Namespace) -> int:
     except UnavailableError as exc:  # the app follows the topic once the broker answers
         log.warning("model control topic unreadable at start-up (%s); starting with "
                     "SENTISTREAM_MODEL", exc)  # fmt: skip
-    runner = None
+    runner: SentimentRunner | NullClassifier | None = None
     if active is not None:  # a worker that starts later runs the promoted version
         try:
             runner = load_version(active)
@@ -95,7 +96,7 @@ def cmd_worker(_args: argparse.Namespace) -> int:
             log.error("promoted model %s not loaded (%s); starting with SENTISTREAM_MODEL",
                       active.version, exc)  # fmt: skip
     if runner is None:
-        runner = SentimentRunner(settings.model, options)
+        runner = load_classifier(settings.model, options)
     log.info(
         "model %s (%s) loaded: backend %s on %s",
         runner.name,
@@ -130,7 +131,7 @@ def cmd_worker(_args: argparse.Namespace) -> int:
         language_models=language_models(settings, options),
         drift=drift_tracker(settings),
     )
-    worker = Worker(app, loglevel=settings.log_level, quiet=True)
+    worker = HeadlessWorker(app, loglevel=settings.log_level, quiet=True)
     if settings.redact_text:
         # The Kafka libraries log record values at DEBUG; with redaction no text may reach a log.
         for name in REDACTED_LIBRARY_LOGGERS:
@@ -384,10 +385,25 @@ def cmd_chaos(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from bench.run import CPU_BACKENDS, BenchOptions, render, run_bench, write_json
+    from bench.run import (
+        BF16_BACKENDS,
+        CPU_BACKENDS,
+        NULL,
+        BenchOptions,
+        plot_curve,
+        render,
+        run_bench,
+        write_json,
+    )
+    from models.backends import cpu_flags, flags_with_bf16
 
     configure_logging("warning")
-    backends = args.backends.split(",") if args.backends else list(CPU_BACKENDS)
+    if args.backends:
+        backends = args.backends.split(",")
+    else:
+        backends = [NULL, *CPU_BACKENDS]
+        if flags_with_bf16(cpu_flags()):
+            backends += BF16_BACKENDS
     if args.gpu:
         backends.append("cuda-fp16")
     options = BenchOptions(
@@ -405,6 +421,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             ["at_least_once", "exactly_once"] if args.guarantee == "both" else [args.guarantee]
         ),
         shadow=args.shadow,
+        null_messages=args.null_messages,
+        curve_backend=None if args.no_curve else args.curve_backend,
+        curve_seconds=args.curve_seconds,
+        latency_target_ms=args.latency_target_ms,
     )
     if "exactly_once" in options.guarantees and "kafka" not in options.brokers:
         raise ConfigurationError("exactly_once runs on Apache Kafka (--broker kafka or both)")
@@ -418,6 +438,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     table = render(report)
     print(table)
     write_json(report, Path(args.json))
+    if args.curve_png:
+        plot_curve(report, Path(args.curve_png))
     if args.markdown:
         Path(args.markdown).write_text(table + "\n", encoding="utf-8")
     print(f"\nJSON: {args.json}")
@@ -743,6 +765,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--shadow",
         action="store_true",
         help="also end to end with the model as its own shadow (what a shadow costs)",
+    )
+    bench.add_argument(
+        "--null-messages",
+        type=int,
+        default=20000,
+        help="messages for the null classifier's run (backend null: the pipeline's ceiling)",
+    )
+    bench.add_argument(
+        "--curve-backend",
+        default="onnx-int8",
+        help="the backend whose latency-throughput curve is measured (10%%-100%% of its max)",
+    )
+    bench.add_argument("--no-curve", action="store_true", help="skip the latency curve")
+    bench.add_argument("--curve-seconds", type=float, default=15.0, help="per point of the curve")
+    bench.add_argument("--curve-png", default="bench-latency-curve.png", help="the curve's PNG")
+    bench.add_argument(
+        "--latency-target-ms",
+        type=int,
+        help="SENTISTREAM_LATENCY_TARGET_MS for the workers (default: the worker's default)",
     )
     bench.add_argument("--batch-size", type=int, default=16)
     bench.add_argument("--threads", type=int, default=2, help="model threads (default 2)")

@@ -84,20 +84,31 @@ def score_isolating_failures(
     return done, failed
 
 
-async def collect_batch(queue: asyncio.Queue[T], max_size: int, max_wait_s: float) -> list[T]:
+async def collect_batch(
+    queue: asyncio.Queue[T],
+    max_size: int,
+    max_wait_s: float,
+    budget_s: Callable[[Sequence[T]], float] | None = None,
+) -> list[T]:
     """Wait for one item, then take what else is queued, up to ``max_size`` items.
 
-    With ``max_wait_s == 0`` the batch is just what accumulated meanwhile: a lone item goes at
-    once, and under load batches fill while the previous one is being scored. A positive
-    ``max_wait_s`` tops a short batch up for at most that long after its first item.
+    With ``max_wait_s == 0`` and no ``budget_s`` the batch is just what accumulated meanwhile: a
+    lone item goes at once, and under load batches fill while the previous one is being scored.
+    A positive ``max_wait_s`` tops a short batch up for at most that long after its first item.
+    ``budget_s(batch)`` (a :class:`DeadlineTake`) says how much longer the batch may wait for more
+    now; it is asked again after each item joins, and ``max_wait_s``, when positive, caps it.
     """
     batch = [await queue.get()]
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + max_wait_s
+    started = loop.time()
+    deadline = started + max_wait_s
     while len(batch) < max_size:
         if not queue.empty():
             batch.append(queue.get_nowait())
             continue
+        if budget_s is not None:
+            budget_deadline = loop.time() + budget_s(batch)
+            deadline = min(budget_deadline, deadline) if max_wait_s > 0 else budget_deadline
         remaining = deadline - loop.time()
         if remaining <= 0:
             break
@@ -106,3 +117,107 @@ async def collect_batch(queue: asyncio.Queue[T], max_size: int, max_wait_s: floa
         except TimeoutError:
             break
     return batch
+
+
+class ServiceTime:
+    """What scoring a take of ``n`` texts costs, learned from the takes scored so far: an
+    exponentially weighted least-squares line ``ms = fixed + per_text * n`` (recent takes weigh
+    most, so a model swap or a busier machine is followed within a few dozen takes)."""
+
+    def __init__(self, decay: float = 0.95) -> None:
+        self.decay = decay
+        self._w = self._x = self._y = self._xx = self._xy = 0.0
+
+    def observe(self, texts: int, ms: float) -> None:
+        if texts < 1 or ms < 0:
+            return
+        d = self.decay
+        self._w = d * self._w + 1
+        self._x = d * self._x + texts
+        self._y = d * self._y + ms
+        self._xx = d * self._xx + texts * texts
+        self._xy = d * self._xy + texts * ms
+
+    def predict(self, texts: int) -> float | None:
+        """Expected ms for ``texts`` texts; None before the first observed take."""
+        if self._w == 0:
+            return None
+        mean_x, mean_y = self._x / self._w, self._y / self._w
+        variance = self._xx / self._w - mean_x * mean_x
+        if variance < 0.25:  # takes all of one size: no slope to fit, cost scales per text
+            return mean_y / mean_x * texts
+        slope = max(0.0, (self._xy / self._w - mean_x * mean_y) / variance)
+        fixed = max(0.0, mean_y - slope * mean_x)
+        return fixed + slope * texts
+
+
+class ArrivalRate:
+    """Messages per millisecond, an exponentially weighted average over recent arrivals.
+
+    Messages fetched together arrive in the same millisecond: they are counted into the interval
+    that ends at the next distinct arrival time, so bursts count by their messages.
+    """
+
+    def __init__(self, half_life_ms: float = 1000.0) -> None:
+        self.half_life_ms = half_life_ms
+        self._rate = 0.0
+        self._last_ms: float | None = None
+        self._pending = 0  # arrivals at ``_last_ms``, not yet in the rate
+
+    def observe(self, now_ms: float, count: int = 1) -> None:
+        if self._last_ms is None:
+            self._last_ms, self._pending = now_ms, count
+            return
+        elapsed = now_ms - self._last_ms
+        if elapsed <= 0:
+            self._pending += count
+            return
+        keep = float(0.5 ** (elapsed / self.half_life_ms))
+        self._rate = keep * self._rate + (1 - keep) * self._pending / elapsed
+        self._last_ms, self._pending = now_ms, count
+
+    def per_ms(self, now_ms: float) -> float:
+        """The rate now: it decays while nothing arrives."""
+        if self._last_ms is None:
+            return 0.0
+        return self._rate * float(0.5 ** (max(0.0, now_ms - self._last_ms) / self.half_life_ms))
+
+
+@dataclass(frozen=True, slots=True)
+class DeadlineTake:
+    """How long a take may wait for more messages under a latency target
+    (``SENTISTREAM_LATENCY_TARGET_MS``).
+
+    Scoring messages one or two at a time costs far more per message than in full forward
+    passes, so at partial load small takes keep the scorer nearly as busy as a full load, and
+    the tail grows from queueing. A take therefore waits for more messages, but only:
+
+    - while the oldest message's budget lasts: its age + the predicted scoring time of the take
+      + a publishing margin stays under the target;
+    - when waiting pays: the scorer would be busy at least ``busy_above`` of the time if every
+      message arriving at the current rate were scored alone. Under light load messages go at
+      once (no added latency); at saturation the oldest message's budget is spent, so nothing
+      waits either.
+    """
+
+    target_ms: float
+    publish_margin_ms: float = 15.0
+    busy_above: float = 0.3
+
+    def wait_ms(
+        self,
+        *,
+        oldest_age_ms: float,
+        take_size: int,
+        max_size: int,
+        predicted_ms: float | None,
+        single_ms: float | None,
+        arrivals_per_ms: float,
+    ) -> float:
+        """Milliseconds the take may still wait for another message (0: score it now)."""
+        if take_size >= max_size or predicted_ms is None or single_ms is None:
+            return 0.0
+        if arrivals_per_ms * single_ms < self.busy_above:
+            return 0.0
+        left = self.target_ms - self.publish_margin_ms - max(0.0, oldest_age_ms) - predicted_ms
+        return max(0.0, min(left, self.target_ms))

@@ -12,6 +12,8 @@ from models.backends import (
     Backend,
     BackendError,
     cpu_flags,
+    flags_with_bf16,
+    fused_operator_counts,
     resolve_backend,
     sensitive_matmuls,
     unsigned_int8_weights,
@@ -22,7 +24,15 @@ pytestmark = pytest.mark.slow
 
 MINILM = Path(__file__).resolve().parents[2].parent / "shared/models/sentiment-minilm-sst2"
 SST2_DEV = MINILM.parent.parent / "data" / "sst2" / "glue_dev.tsv"
-CPU_BACKENDS = ["torch-fp32", "torch-int8", "onnx-fp32", "onnx-int8"]
+CPU_BACKENDS = [
+    "torch-fp32",
+    "torch-int8",
+    "torch-bf16",
+    "onnx-fp32",
+    "onnx-int8",
+    "onnx-fused-fp32",
+    "onnx-fused-int8",
+]
 
 CLEAR = [
     ("I absolutely love this, best day ever!", "POSITIVE"),
@@ -82,14 +92,65 @@ def test_onnx_fp32_matches_torch_fp32_probabilities(
         assert ours.score == pytest.approx(theirs.score, abs=1e-4)
 
 
+def test_fused_onnx_fp32_matches_torch_fp32_probabilities(
+    runners: dict[str, SentimentRunner], sst2_dev: list[tuple[str, str]]
+) -> None:
+    texts = [text for text, _ in sst2_dev[:200]]
+    reference = runners["torch-fp32"].predict(texts).predictions
+    fused = runners["onnx-fused-fp32"].predict(texts).predictions
+    for ours, theirs in zip(fused, reference, strict=True):
+        assert ours.label == theirs.label
+        assert ours.score == pytest.approx(theirs.score, abs=1e-4)
+
+
+def test_fused_graphs_hold_the_fused_transformer_operators(
+    runners: dict[str, SentimentRunner],
+) -> None:
+    import onnx
+
+    def counts(backend: str) -> dict[str, int]:
+        path = runners[backend].forward.path  # type: ignore[attr-defined]
+        return fused_operator_counts(onnx.load(str(path)).graph)
+
+    # MiniLM-L6: one embedding block, and per layer one attention, two skip-layer-norms, one GELU.
+    fused = {"Attention": 6, "EmbedLayerNormalization": 1, "SkipLayerNormalization": 12,
+             "BiasGelu": 6}  # fmt: skip
+    assert counts("onnx-fused-fp32") == fused
+    assert counts("onnx-fused-int8") == fused  # QAttention counts as Attention
+    assert counts("onnx-fp32")["Attention"] == 0  # ORT fuses the plain export only at load
+    int8_path = runners["onnx-fused-int8"].forward.path  # type: ignore[attr-defined]
+    ops = {node.op_type for node in onnx.load(str(int8_path)).graph.node}
+    assert "QAttention" in ops
+    assert "Attention" not in ops, "the fused attention stayed fp32"
+
+
+def test_bf16_keeps_labels_on_sst2_dev(
+    runners: dict[str, SentimentRunner], sst2_dev: list[tuple[str, str]]
+) -> None:
+    """bfloat16 autocast (emulated, and slow, on CPUs without AMX / AVX-512 BF16)."""
+    texts = [text for text, _ in sst2_dev[:200]]
+    fp32 = [p.label for p in runners["torch-fp32"].predict(texts).predictions]
+    bf16 = [p.label for p in runners["torch-bf16"].predict(texts).predictions]
+    assert sum(a == b for a, b in zip(fp32, bf16, strict=True)) / len(texts) >= 0.99
+
+
+def test_bf16_hardware_is_amx_or_avx512_bf16() -> None:
+    assert flags_with_bf16(frozenset({"avx512f", "avx512_bf16"}))
+    assert flags_with_bf16(frozenset({"amx_bf16", "amx_tile"}))
+    assert not flags_with_bf16(frozenset({"avx2", "avx512_vnni"}))
+
+
 def test_onnx_int8_keeps_labels_and_accuracy_on_sst2_dev(
     runners: dict[str, SentimentRunner], sst2_dev: list[tuple[str, str]]
 ) -> None:
-    """The issue's bar for an int8 default: >= 99% agreement, accuracy within 0.5 points."""
+    """The issue's bar for the int8 default: >= 99% agreement, accuracy within 0.5 points.
+    (onnx-fused-int8 is not held to it: on the AVX2-only CPU it agreed on 98.85%, README
+    "Performance"; the bench reports each backend's agreement and picks among those that pass.)"""
+    backend = "onnx-int8"
     texts = [text for text, _ in sst2_dev]
     gold = [label for _, label in sst2_dev]
     fp32 = [p.label for p in runners["torch-fp32"].predict(texts).predictions]
-    int8 = [p.label for p in runners["onnx-int8"].predict(texts).predictions]
+    int8 = [p.label for p in runners[backend].predict(texts).predictions]
     agreement = sum(a == b for a, b in zip(fp32, int8, strict=True)) / len(texts)
     accuracy_fp32 = sum(a == g for a, g in zip(fp32, gold, strict=True)) / len(texts)
     accuracy_int8 = sum(a == g for a, g in zip(int8, gold, strict=True)) / len(texts)
@@ -111,8 +172,15 @@ def test_onnx_export_is_cached_by_weights_and_reused(
     runners: dict[str, SentimentRunner], cache_dir: Path, tmp_path: Path
 ) -> None:
     exports = sorted((cache_dir / "onnx").glob("*/model.*.onnx"))
-    int8_name = "model.int8-u8.onnx" if unsigned_int8_weights(cpu_flags()) else "model.int8.onnx"
-    assert sorted(path.name for path in exports) == sorted(["model.fp32.onnx", int8_name])
+    suffix = "-u8" if unsigned_int8_weights(cpu_flags()) else ""
+    assert sorted(path.name for path in exports) == sorted(
+        [
+            "model.fp32.onnx",
+            f"model.int8{suffix}.onnx",
+            "model.fused.fp32.onnx",
+            f"model.fused.int8{suffix}.onnx",
+        ]
+    )
     stamps = {path: path.stat().st_mtime_ns for path in exports}
     SentimentRunner(str(MINILM), RunnerOptions(backend="onnx-int8", cache_dir=cache_dir))
     assert {path: path.stat().st_mtime_ns for path in exports} == stamps, "re-exported"
@@ -145,6 +213,20 @@ def test_auto_backend_is_the_measured_default_for_the_device() -> None:
     expected = Backend.CUDA_FP16 if torch.cuda.is_available() else Backend.ONNX_INT8
     assert resolve_backend("auto", "auto") == expected
     assert resolve_backend("auto", "cpu") == Backend.ONNX_INT8
+
+
+def test_null_backend_is_the_null_classifier_and_refused_by_the_runner() -> None:
+    from models.null import NullClassifier
+    from models.runner import load_classifier
+
+    options = RunnerOptions(backend="null")
+    classifier = load_classifier("no-such-model", options)
+    assert isinstance(classifier, NullClassifier)
+    scored = classifier.predict(["odd", "even"])
+    assert [p.label for p in scored.predictions] == ["POSITIVE", "NEGATIVE"]
+    assert [p.score for p in scored.predictions] == [1.0, 1.0]
+    with pytest.raises(ModelLoadError, match="SENTISTREAM_BACKEND=null runs no model"):
+        SentimentRunner(str(MINILM), options)
 
 
 def test_unknown_backend_is_a_clear_error() -> None:

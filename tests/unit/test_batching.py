@@ -10,7 +10,10 @@ from collections.abc import Sequence
 import pytest
 
 from stream.core.batching import (
+    ArrivalRate,
+    DeadlineTake,
     Failure,
+    ServiceTime,
     collect_batch,
     padding_cost,
     plan_batches,
@@ -279,3 +282,131 @@ def test_collect_batch_waits_for_the_first_item() -> None:
         return await collect_batch(queue, max_size=8, max_wait_s=0)
 
     assert asyncio.run(scenario()) == [7]
+
+
+def test_collect_batch_waits_while_the_budget_allows_then_scores() -> None:
+    """The budget is asked after each item joins: here it allows a wait until 3 items queued."""
+
+    async def scenario() -> tuple[list[int], list[int]]:
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        asked: list[int] = []
+
+        def budget_s(batch: Sequence[int]) -> float:
+            asked.append(len(batch))
+            return 0.5 if len(batch) < 3 else 0.0
+
+        async def trickle() -> None:
+            for item in range(6):
+                await queue.put(item)
+                await asyncio.sleep(0.02)
+
+        feeder = asyncio.ensure_future(trickle())
+        batch = await collect_batch(queue, max_size=8, max_wait_s=0, budget_s=budget_s)
+        await feeder
+        return batch, asked
+
+    batch, asked = asyncio.run(scenario())
+    assert batch == [0, 1, 2]
+    assert asked == [1, 2, 3]
+
+
+def test_collect_batch_budget_is_capped_by_max_wait() -> None:
+    async def scenario() -> list[int]:
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        queue.put_nowait(1)
+        asyncio.get_running_loop().call_later(0.3, queue.put_nowait, 2)  # after max_wait
+        return await collect_batch(queue, max_size=8, max_wait_s=0.05, budget_s=lambda _: 5.0)
+
+    assert asyncio.run(scenario()) == [1]
+
+
+def test_service_time_fits_a_fixed_cost_and_a_cost_per_text() -> None:
+    service = ServiceTime()
+    assert service.predict(4) is None
+    for size in (1, 2, 4, 8, 16, 1, 3, 12):
+        service.observe(size, 20 + 5 * size)  # 20 ms per take + 5 ms per text
+    assert service.predict(1) == pytest.approx(25, rel=1e-6)
+    assert service.predict(10) == pytest.approx(70, rel=1e-6)
+
+
+def test_service_time_of_one_take_size_scales_per_text() -> None:
+    service = ServiceTime()
+    for _ in range(5):
+        service.observe(16, 160)
+    assert service.predict(16) == pytest.approx(160)
+    assert service.predict(1) == pytest.approx(10)
+
+
+def test_service_time_follows_a_slower_model() -> None:
+    service = ServiceTime(decay=0.8)
+    for size in (1, 4, 8) * 10:
+        service.observe(size, 10 * size)
+    for size in (1, 4, 8) * 10:
+        service.observe(size, 30 * size)
+    assert service.predict(4) == pytest.approx(120, rel=0.05)
+
+
+def test_arrival_rate_converges_to_a_steady_rate_and_decays_when_quiet() -> None:
+    rate = ArrivalRate(half_life_ms=500)
+    assert rate.per_ms(0) == 0.0
+    now = 0.0
+    for _ in range(400):  # 50 messages per second for 8 s
+        now += 20
+        rate.observe(now)
+    assert rate.per_ms(now) == pytest.approx(0.05, rel=0.02)
+    assert rate.per_ms(now + 500) == pytest.approx(0.025, rel=0.02)  # one half-life of silence
+
+
+def test_arrival_rate_counts_a_burst_by_its_messages() -> None:
+    rate = ArrivalRate(half_life_ms=1000)
+    now = 0.0
+    for _ in range(100):  # 10 messages delivered together every 100 ms: 0.1 per ms
+        now += 100
+        for _ in range(10):
+            rate.observe(now)
+    assert rate.per_ms(now) == pytest.approx(0.1, rel=0.02)
+
+
+DEADLINE = DeadlineTake(target_ms=100, publish_margin_ms=15, busy_above=0.3)
+
+
+def wait(**overrides: float) -> float:
+    arguments: dict[str, float] = {"oldest_age_ms": 10, "take_size": 2, "max_size": 128,
+                                   "predicted_ms": 30, "single_ms": 20,
+                                   "arrivals_per_ms": 0.05}  # fmt: skip
+    arguments.update(overrides)
+    return DEADLINE.wait_ms(
+        oldest_age_ms=arguments["oldest_age_ms"],
+        take_size=int(arguments["take_size"]),
+        max_size=int(arguments["max_size"]),
+        predicted_ms=arguments["predicted_ms"],
+        single_ms=arguments["single_ms"],
+        arrivals_per_ms=arguments["arrivals_per_ms"],
+    )
+
+
+def test_deadline_take_waits_what_the_oldest_message_has_left() -> None:
+    # 50 msg/s at 20 ms each alone: the scorer would be busy 100% -> waiting pays.
+    assert wait() == pytest.approx(100 - 15 - 10 - 30)
+    assert wait(oldest_age_ms=40) == pytest.approx(100 - 15 - 40 - 30)
+
+
+def test_deadline_take_does_not_wait_once_the_budget_is_spent() -> None:
+    assert wait(oldest_age_ms=60) == 0.0
+    assert wait(oldest_age_ms=5000) == 0.0  # a backlog or a replay: score at once
+
+
+def test_deadline_take_does_not_wait_under_light_load() -> None:
+    # 5 msg/s at 20 ms each: the scorer is busy 10% of the time scoring them one by one.
+    assert wait(arrivals_per_ms=0.005) == 0.0
+
+
+def test_deadline_take_does_not_wait_when_full_or_before_anything_was_measured() -> None:
+    assert wait(take_size=128) == 0.0
+    assert DEADLINE.wait_ms(oldest_age_ms=0, take_size=1, max_size=8, predicted_ms=None,
+                            single_ms=None, arrivals_per_ms=1.0) == 0.0  # fmt: skip
+
+
+def test_deadline_take_never_waits_longer_than_the_target() -> None:
+    # A producer clock ahead of the worker's: the age comes out negative.
+    assert wait(oldest_age_ms=-10_000) == pytest.approx(100 - 15 - 0 - 30)
