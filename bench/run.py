@@ -73,6 +73,7 @@ class Row:
     cores_broker: float | None = None
     cores_load: float | None = None  # this process: producer and consumer
     worker_cpu_ms_per_message: float | None = None  # the worker's CPU time (all threads) / msg
+    latency_target_ms: int | None = None  # the worker's SENTISTREAM_LATENCY_TARGET_MS, if set
 
 
 @dataclass
@@ -120,6 +121,8 @@ class BenchOptions:
     null_messages: int = 20000  # the null classifier's run (0: no null run)
     curve_backend: str | None = None  # the latency-throughput curve's backend (None: no curve)
     curve_seconds: float = 15.0  # per point of the curve
+    # One curve per SENTISTREAM_LATENCY_TARGET_MS (0: takes never wait), each in its own worker.
+    curve_targets: Sequence[int] = (0, 100)
     latency_target_ms: int | None = None  # SENTISTREAM_LATENCY_TARGET_MS for the workers
 
 
@@ -266,6 +269,7 @@ class EndToEnd:
         broker_pid: int,
         guarantee: str = "at_least_once",
         shadow: bool = False,
+        latency_target_ms: int | None = None,
     ) -> None:
         self.kafka = kafka
         self.broker_pid = broker_pid
@@ -301,8 +305,11 @@ class EndToEnd:
             "SENTISTREAM_LOG_LEVEL": "warning",
             "SENTISTREAM_PROCESSING_GUARANTEE": guarantee,
         }
-        if opts.latency_target_ms is not None:
-            env["SENTISTREAM_LATENCY_TARGET_MS"] = str(opts.latency_target_ms)
+        self.latency_target_ms = (
+            opts.latency_target_ms if latency_target_ms is None else latency_target_ms
+        )
+        if self.latency_target_ms is not None:
+            env["SENTISTREAM_LATENCY_TARGET_MS"] = str(self.latency_target_ms)
         if shadow:  # the same model again, on every message: the cost of a shadow
             env["SENTISTREAM_SHADOW_MODEL"] = str(model)
             env["SENTISTREAM_SHADOW_TOPIC"] = f"bench.{suffix}.shadow"
@@ -412,6 +419,7 @@ class EndToEnd:
             cores_broker=cores[1],
             cores_load=cores[2],
             worker_cpu_ms_per_message=(cpu_after[0] - cpu_before[0]) * 1000 / len(messages),
+            latency_target_ms=self.latency_target_ms,
         )
 
 
@@ -511,8 +519,14 @@ def run_bench(opts: BenchOptions, say: Callable[[str], None] = print) -> Report:
                     half_mix = tag(message_mix(count, seed=opts.seed + 1), "half")
                     half = e2e.measure(half_mix, rate, "end to end, half max rate")
                     report.rows.append(replace(half, broker=label))
-                    if backend == opts.curve_backend and guarantee == "at_least_once":
-                        report.rows += latency_curve(e2e, fast.msg_per_s, label, opts, say)
+                if backend == opts.curve_backend and guarantee == "at_least_once" and not shadow:
+                    for target in opts.curve_targets:
+                        with EndToEnd(
+                            kafka, model, backend, opts, broker.pid or 0, latency_target_ms=target
+                        ) as curve_worker:
+                            report.rows += latency_curve(
+                                curve_worker, fast.msg_per_s, label, opts, say
+                            )
 
     if not opts.skip_accuracy:
         say("accuracy on GLUE SST-2 dev (real MiniLM SST-2 model) ...")
@@ -532,7 +546,8 @@ def latency_curve(
     for index, fraction in enumerate(CURVE_FRACTIONS):
         rate = max_rate * fraction
         count = max(20, round(rate * opts.curve_seconds))
-        say(f"(d) latency curve on {label}, {e2e.backend}: {fraction:.0%} of max ({rate:.0f}/s)")
+        say(f"(d) latency curve on {label}, {e2e.backend}, target {e2e.latency_target_ms} ms: "
+            f"{fraction:.0%} of max ({rate:.0f}/s)")  # fmt: skip
         mix = tag(message_mix(count, seed=opts.seed + 10 + index), f"curve{index}")
         row = e2e.measure(mix, rate, f"{CURVE_RUN} {fraction:.0%} of max")
         rows.append(replace(row, broker=label))
@@ -543,27 +558,41 @@ def curve_rows(report: Report) -> list[Row]:
     return [r for r in report.rows if r.run.startswith(CURVE_RUN)]
 
 
+def curves(report: Report) -> dict[int | None, list[Row]]:
+    """The curve's rows by the worker's latency target, each in offered-load order."""
+    by_target: dict[int | None, list[Row]] = {}
+    for row in curve_rows(report):
+        by_target.setdefault(row.latency_target_ms, []).append(row)
+    return by_target
+
+
 def plot_curve(report: Report, path: Path) -> None:
-    """p50/p95/p99 against the offered rate (the latency-throughput curve) as a PNG."""
+    """p50/p95/p99 against the offered rate (the latency-throughput curve), one set of lines per
+    latency target, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = curve_rows(report)
-    if not rows:
+    by_target = curves(report)
+    if not by_target:
         return
-    offered = [r.offered_per_s or 0 for r in rows]
-    figure, axes = plt.subplots(figsize=(7, 4.2))
-    for name, values in (("p50", [r.p50_ms for r in rows]), ("p95", [r.p95_ms for r in rows]),
-                         ("p99", [r.p99_ms for r in rows])):  # fmt: skip
-        axes.plot(offered, [v or float("nan") for v in values], marker="o", label=name)
-    axes.axhline(100, color="grey", linestyle="--", linewidth=1, label="100 ms")
+    figure, axes = plt.subplots(figsize=(7.5, 4.5))
+    styles = ["--", "-", ":", "-."]
+    for (target, rows), style in zip(by_target.items(), styles * 4, strict=False):
+        offered = [r.offered_per_s or 0 for r in rows]
+        name = "no target" if not target else f"target {target} ms"
+        for quantile, colour in (("p50", "tab:blue"), ("p95", "tab:orange"), ("p99", "tab:green")):
+            values = [getattr(r, f"{quantile}_ms") or float("nan") for r in rows]
+            axes.plot(offered, values, style, color=colour, marker="o",
+                      label=f"{quantile}, {name}")  # fmt: skip
+    axes.axhline(100, color="grey", linestyle="--", linewidth=1)
     axes.set_yscale("log")
     axes.set_xlabel("offered rate (msg/s)")
     axes.set_ylabel("latency, produced -> event published (ms)")
-    axes.set_title(f"{rows[0].backend} on {rows[0].broker}: latency against offered load")
-    axes.legend()
+    first = next(iter(by_target.values()))[0]
+    axes.set_title(f"{first.backend} on {first.broker}: latency against offered load")
+    axes.legend(fontsize=8)
     axes.grid(True, which="both", alpha=0.3)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -740,23 +769,26 @@ def render(report: Report) -> str:
 
 
 def curve_table(report: Report) -> list[str]:
-    rows = curve_rows(report)
-    if not rows:
+    by_target = curves(report)
+    if not by_target:
         return []
+    first = next(iter(by_target.values()))[0]
     lines = [
         "",
-        f"latency against offered load ({rows[0].backend}, {rows[0].broker}):",
+        f"latency against offered load ({first.backend}, {first.broker}):",
         "",
-        "| offered | offered msg/s | delivered msg/s | p50 ms | p95 ms | p99 ms | mean batch |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| latency target | offered | offered msg/s | delivered msg/s | p50 ms | p95 ms | p99 ms "
+        "| mean batch |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for row in rows:
-        fraction = row.run.removeprefix(CURVE_RUN).strip()
-        lines.append(
-            f"| {fraction} | {_fmt(row.offered_per_s)} | {row.msg_per_s:.1f} | "
-            f"{_fmt(row.p50_ms, 0)} | {_fmt(row.p95_ms, 0)} | {_fmt(row.p99_ms, 0)} | "
-            f"{_fmt(row.mean_batch)} |"
-        )
+    for target, rows in by_target.items():
+        for row in rows:
+            fraction = row.run.removeprefix(CURVE_RUN).strip()
+            lines.append(
+                f"| {f'{target} ms' if target else 'none'} | {fraction} | "
+                f"{_fmt(row.offered_per_s)} | {row.msg_per_s:.1f} | {_fmt(row.p50_ms, 0)} | "
+                f"{_fmt(row.p95_ms, 0)} | {_fmt(row.p99_ms, 0)} | {_fmt(row.mean_batch)} |"
+            )
     return lines
 
 

@@ -424,6 +424,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         null_messages=args.null_messages,
         curve_backend=None if args.no_curve else args.curve_backend,
         curve_seconds=args.curve_seconds,
+        curve_targets=[int(t) for t in args.curve_targets.split(",")],
         latency_target_ms=args.latency_target_ms,
     )
     if "exactly_once" in options.guarantees and "kafka" not in options.brokers:
@@ -778,6 +779,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the backend whose latency-throughput curve is measured (10%%-100%% of its max)",
     )
     bench.add_argument("--no-curve", action="store_true", help="skip the latency curve")
+    bench.add_argument(
+        "--curve-targets",
+        default="0,100",
+        help="one curve per SENTISTREAM_LATENCY_TARGET_MS, each in its own worker (0: none)",
+    )
     bench.add_argument("--curve-seconds", type=float, default=15.0, help="per point of the curve")
     bench.add_argument("--curve-png", default="bench-latency-curve.png", help="the curve's PNG")
     bench.add_argument(
