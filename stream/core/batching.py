@@ -100,8 +100,7 @@ async def collect_batch(
     """
     batch = [await queue.get()]
     loop = asyncio.get_running_loop()
-    started = loop.time()
-    deadline = started + max_wait_s
+    deadline = loop.time() + max_wait_s
     while len(batch) < max_size:
         if not queue.empty():
             batch.append(queue.get_nowait())

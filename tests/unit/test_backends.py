@@ -81,24 +81,14 @@ def test_every_cpu_backend_gets_clear_sentiment_right(
     assert runners[backend].backend == backend
 
 
+@pytest.mark.parametrize("backend", ["onnx-fp32", "onnx-fused-fp32"])
 def test_onnx_fp32_matches_torch_fp32_probabilities(
-    runners: dict[str, SentimentRunner], sst2_dev: list[tuple[str, str]]
+    runners: dict[str, SentimentRunner], sst2_dev: list[tuple[str, str]], backend: str
 ) -> None:
     texts = [text for text, _ in sst2_dev[:200]]
     reference = runners["torch-fp32"].predict(texts).predictions
-    onnx = runners["onnx-fp32"].predict(texts).predictions
+    onnx = runners[backend].predict(texts).predictions
     for ours, theirs in zip(onnx, reference, strict=True):
-        assert ours.label == theirs.label
-        assert ours.score == pytest.approx(theirs.score, abs=1e-4)
-
-
-def test_fused_onnx_fp32_matches_torch_fp32_probabilities(
-    runners: dict[str, SentimentRunner], sst2_dev: list[tuple[str, str]]
-) -> None:
-    texts = [text for text, _ in sst2_dev[:200]]
-    reference = runners["torch-fp32"].predict(texts).predictions
-    fused = runners["onnx-fused-fp32"].predict(texts).predictions
-    for ours, theirs in zip(fused, reference, strict=True):
         assert ours.label == theirs.label
         assert ours.score == pytest.approx(theirs.score, abs=1e-4)
 
