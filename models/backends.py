@@ -103,11 +103,9 @@ def load_forward(
     model: Any,
     *,
     device: str,
-    threads: int | None,
-    cache_dir: Path,
-    input_names: list[str],
 ) -> Forward:
-    """Build ``backend``'s forward pass from a loaded (fp32, eval-mode) transformers model."""
+    """Build a torch backend's forward pass from a loaded (fp32, eval-mode) transformers
+    model."""
     match backend:
         case Backend.TORCH_FP32:
             return TorchForward(model, backend, torch.device("cpu" if device == "auto" else device))
@@ -122,10 +120,9 @@ def load_forward(
                     "and slower than fp32; onnx-int8 is the faster CPU backend"
                 )
             return TorchForward(model, backend, torch.device("cpu"), autocast=torch.bfloat16)
-        case backend if backend in ONNX_BACKENDS:
-            path = onnx_model_path(model, backend, cache_dir, input_names)
-            return OnnxForward(path, backend, threads)
-    raise BackendError(f"no forward pass for backend {backend}")  # pragma: no cover - AUTO resolved
+    # ONNX backends: onnx_model_path, then OnnxForward once the torch weights are released
+    # (models.runner.SentimentRunner does both).
+    raise BackendError(f"no torch forward pass for backend {backend}")
 
 
 class TorchForward:

@@ -194,9 +194,12 @@ class DeadlineTake:
     - while the oldest message's budget lasts: its age + the predicted scoring time of the take
       + a publishing margin stays under the target;
     - when waiting pays: the scorer would be busy at least ``busy_above`` of the time if every
-      message arriving at the current rate were scored alone. Under light load messages go at
+      message arriving at the current rate were scored alone, and at least one more message is
+      expected (at the current rate) before the budget ends. Under light load messages go at
       once (no added latency); at saturation the oldest message's budget is spent, so nothing
-      waits either.
+      waits either. (Without the second test, a take at a quarter of the max rate on a 2-core
+      Xeon waited for messages that came after its budget: p95 80 ms against 45 ms without a
+      target.)
     """
 
     target_ms: float
@@ -219,4 +222,6 @@ class DeadlineTake:
         if arrivals_per_ms * single_ms < self.busy_above:
             return 0.0
         left = self.target_ms - self.publish_margin_ms - max(0.0, oldest_age_ms) - predicted_ms
-        return max(0.0, min(left, self.target_ms))
+        if arrivals_per_ms * left < 1.0:  # no message expected before the budget ends
+            return 0.0
+        return min(left, self.target_ms)

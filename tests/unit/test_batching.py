@@ -388,7 +388,7 @@ def wait(**overrides: float) -> float:
 def test_deadline_take_waits_what_the_oldest_message_has_left() -> None:
     # 50 msg/s at 20 ms each alone: the scorer would be busy 100% -> waiting pays.
     assert wait() == pytest.approx(100 - 15 - 10 - 30)
-    assert wait(oldest_age_ms=40) == pytest.approx(100 - 15 - 40 - 30)
+    assert wait(oldest_age_ms=40, arrivals_per_ms=0.1) == pytest.approx(100 - 15 - 40 - 30)
 
 
 def test_deadline_take_does_not_wait_once_the_budget_is_spent() -> None:
@@ -399,6 +399,15 @@ def test_deadline_take_does_not_wait_once_the_budget_is_spent() -> None:
 def test_deadline_take_does_not_wait_under_light_load() -> None:
     # 5 msg/s at 20 ms each: the scorer is busy 10% of the time scoring them one by one.
     assert wait(arrivals_per_ms=0.005) == 0.0
+
+
+def test_deadline_take_does_not_wait_for_a_message_not_expected_within_the_budget() -> None:
+    # 20 msg/s at 20 ms each alone keeps the scorer 40% busy, but with 45 ms of budget left
+    # the next message is expected in 50 ms: waiting would only add latency.
+    assert wait(arrivals_per_ms=0.02) == 0.0
+    # Closer to the deadline, a faster stream is needed for waiting to pay.
+    assert wait(oldest_age_ms=40, arrivals_per_ms=0.05) == 0.0  # 15 ms left, 0.75 expected
+    assert wait(oldest_age_ms=40, arrivals_per_ms=0.07) == pytest.approx(15)  # 1.05 expected
 
 
 def test_deadline_take_does_not_wait_when_full_or_before_anything_was_measured() -> None:
