@@ -56,7 +56,7 @@ from stream.core.aggregation import (
     facts_records,
     parse_aggregates_query,
 )
-from stream.core.batching import ArrivalRate, DeadlineTake, ServiceTime, collect_batch
+from stream.core.batching import ArrivalRate, CostLine, DeadlineTake, collect_batch
 from stream.core.candidates import Candidate
 from stream.core.classify_api import (
     ApiError,
@@ -220,7 +220,7 @@ def create_app(
     # Deadline-driven takes: a take waits for more messages while its oldest message's latency
     # budget allows and waiting pays (stream.core.batching.DeadlineTake).
     deadline = DeadlineTake(settings.latency_target_ms) if settings.latency_target_ms else None
-    service_time = ServiceTime()
+    service_time = CostLine()
     arrivals = ArrivalRate()
 
     def take_budget_s(items: Sequence[EventT[bytes] | None]) -> float:
@@ -263,20 +263,33 @@ def create_app(
             language_models=language_models,
         )  # fmt: skip
 
+    events_name, deadletter_name, facts_name, shadow_name = (
+        topic.get_topic_name()
+        for topic in (events_topic, deadletter_topic, facts_topic, shadow_topic)
+    )
+
+    def take_outputs(outcome: BatchOutcome) -> list[tuple[str, OutRecord]]:
+        """Every record a take publishes, by topic name."""
+        outputs = [(events_name, r) for r in outcome.event_records(settings.event_key)]
+        outputs += [(deadletter_name, record) for record in outcome.dead_letters]
+        facts = facts_records(outcome, topics.input_partitions, per_model=canary is not None)
+        outputs += [(facts_name, record) for record in facts]
+        outputs += [(shadow_name, record) for record in outcome.shadow]
+        return outputs
+
+    def publish_take(outcome: BatchOutcome) -> None:
+        assert publisher is not None
+        publisher.publish(take_outputs(outcome))
+
     async def publish(records: Sequence[RawRecord], outcome: BatchOutcome) -> None:
         """Send every output record and wait until the broker has acknowledged each one; with
-        exactly-once, in one transaction that also commits the take's input offsets."""
-        outputs = [(events_topic, r) for r in outcome.event_records(settings.event_key)]
-        outputs += [(deadletter_topic, record) for record in outcome.dead_letters]
-        facts = facts_records(outcome, topics.input_partitions, per_model=canary is not None)
-        outputs += [(facts_topic, record) for record in facts]
-        outputs += [(shadow_topic, record) for record in outcome.shadow]
-        named = [(topic.get_topic_name(), record) for topic, record in outputs]
+        exactly-once, in one transaction that also commits the take's input offsets. At least
+        once, the records are built and sent on the publisher's thread, off the event loop."""
         if transactions is not None:
-            await transactions.publish(named, next_offsets(records))
+            await transactions.publish(take_outputs(outcome), next_offsets(records))
         elif publisher is not None:
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(publisher_thread, publisher.publish, named)
+            await loop.run_in_executor(publisher_thread, publish_take, outcome)
 
     def log_batch(records: Sequence[RawRecord], outcome: BatchOutcome) -> None:
         log.debug(

@@ -33,7 +33,7 @@ from stream.core.windows import (
     aggregate_keys,
     close_due,
     close_idle,
-    fold_event,
+    fold_facts,
     model_key,
     resume_partitions,
     window_record,
@@ -164,19 +164,15 @@ class Aggregator:
         current = self.current_origins(now_ms)
         if "tick" not in value:
             # A record lists a batch's facts for this key (a bare fact: older workers).
-            closed: list[tuple[str, WindowCounts]] = []
-            updated: dict[tuple[str, int], WindowCounts] = {}
-            for fact in value.get("facts", [value]):
-                result = fold_event(state, fact_from(key, fact), self.policy, now_ms, current)
-                closed += result.closed
-                for kind, window in result.updated:
-                    updated[(kind, window.start_ms)] = window
+            facts = [fact_from(key, fact) for fact in value.get("facts", [value])]
+            result = fold_facts(state, facts, self.policy, now_ms, current)
+            updated = {(kind, window.start_ms): window for kind, window in result.updated}
             still_open = [
                 (kind, w)
                 for (kind, start), w in updated.items()
                 if start in state.open.get(kind, {})
             ]
-            return self._publish(state, closed, still_open, now_ms)
+            return self._publish(state, result.closed, still_open, now_ms)
         # Time passes without facts: silent partitions may have gone idle (stream time moves
         # on), or the whole key has (idle flush closes its windows).
         self.ticks_sent.pop(key, None)

@@ -15,17 +15,55 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def plan_batches(lengths: Sequence[int], *, max_size: int, max_tokens: int) -> list[list[int]]:
+def plan_batches(
+    lengths: Sequence[int],
+    *,
+    max_size: int,
+    max_tokens: int,
+    overhead_tokens: float | None = None,
+) -> list[list[int]]:
     """Group item indices into batches that waste little padding.
 
     Items are sorted by length so each batch pads to a near-equal length; a batch holds at most
     ``max_size`` items and at most ``max_tokens`` padded tokens (``len(batch) * longest``), in the
     manner of TEI's ``max-batch-tokens``. An item longer than ``max_tokens`` gets a batch of its
     own. Every index appears in exactly one batch; the caller maps results back by index.
+
+    ``overhead_tokens``: what one forward pass costs beyond its padded tokens, in tokens (the
+    model's fixed cost per pass over its cost per token). With it, the sorted items are split
+    where that is cheapest in all (fewest of ``overhead_tokens * passes + padded tokens``): a
+    small take of mixed lengths becomes a pass of short texts and one of long ones rather than
+    one pass padded to the longest. None: as few passes as the bounds allow.
     """
     if max_size < 1 or max_tokens < 1:
         raise ValueError("max_size and max_tokens must be positive")
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    if overhead_tokens is None:
+        return _fewest_passes(order, lengths, max_size, max_tokens)
+    sorted_lengths = [lengths[i] for i in order]
+    # cheapest[j]: the least cost of the first j sorted items; cut[j]: where its last pass starts.
+    cheapest = [0.0] + [float("inf")] * len(order)
+    cut = [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        longest = sorted_lengths[end - 1]  # ascending: a pass pads to its last item
+        for start in range(end - 1, max(0, end - max_size) - 1, -1):
+            size = end - start
+            if size > 1 and size * longest > max_tokens:
+                break
+            cost = cheapest[start] + overhead_tokens + size * longest
+            if cost < cheapest[end]:
+                cheapest[end], cut[end] = cost, start
+    batches: list[list[int]] = []
+    end = len(order)
+    while end:
+        batches.append(order[cut[end] : end])
+        end = cut[end]
+    return batches[::-1]
+
+
+def _fewest_passes(
+    order: Sequence[int], lengths: Sequence[int], max_size: int, max_tokens: int
+) -> list[list[int]]:
     batches: list[list[int]] = []
     current: list[int] = []
     for index in order:
@@ -118,36 +156,66 @@ async def collect_batch(
     return batch
 
 
-class ServiceTime:
-    """What scoring a take of ``n`` texts costs, learned from the takes scored so far: an
-    exponentially weighted least-squares line ``ms = fixed + per_text * n`` (recent takes weigh
-    most, so a model swap or a busier machine is followed within a few dozen takes)."""
+class CostLine:
+    """What a unit of work costs, learned from the work done so far: an exponentially weighted
+    least-squares line ``ms = fixed + per_unit * units`` (recent observations weigh most, so a
+    model swap or a busier machine is followed within a few dozen). The worker fits one to its
+    takes (units: texts) and the runner one to its forward passes (units: padded tokens).
 
-    def __init__(self, decay: float = 0.95) -> None:
+    ``min_spread``: the standard deviation of ``units`` below which no slope is fitted."""
+
+    def __init__(self, decay: float = 0.95, min_spread: float = 0.5) -> None:
         self.decay = decay
+        self.min_spread = min_spread
         self._w = self._x = self._y = self._xx = self._xy = 0.0
 
-    def observe(self, texts: int, ms: float) -> None:
-        if texts < 1 or ms < 0:
+    def forget(self) -> None:
+        """Drop every observation (a one-off cost that says nothing of the next ones)."""
+        self._w = self._x = self._y = self._xx = self._xy = 0.0
+
+    def observe(self, units: float, ms: float) -> None:
+        if units <= 0 or ms < 0:
             return
         d = self.decay
         self._w = d * self._w + 1
-        self._x = d * self._x + texts
+        self._x = d * self._x + units
         self._y = d * self._y + ms
-        self._xx = d * self._xx + texts * texts
-        self._xy = d * self._xy + texts * ms
+        self._xx = d * self._xx + units * units
+        self._xy = d * self._xy + units * ms
 
-    def predict(self, texts: int) -> float | None:
-        """Expected ms for ``texts`` texts; None before the first observed take."""
+    def line(self) -> tuple[float, float] | None:
+        """(fixed ms, ms per unit); None until the observations spread enough to fit a slope."""
         if self._w == 0:
             return None
         mean_x, mean_y = self._x / self._w, self._y / self._w
         variance = self._xx / self._w - mean_x * mean_x
-        if variance < 0.25:  # takes all of one size: no slope to fit, cost scales per text
-            return mean_y / mean_x * texts
+        if variance < self.min_spread**2:
+            return None
         slope = max(0.0, (self._xy / self._w - mean_x * mean_y) / variance)
-        fixed = max(0.0, mean_y - slope * mean_x)
-        return fixed + slope * texts
+        return max(0.0, mean_y - slope * mean_x), slope
+
+    def predict(self, units: float) -> float | None:
+        """Expected ms for ``units``; None before the first observation. Observations all of one
+        size (no slope to fit): the cost scales per unit."""
+        if self._w == 0:
+            return None
+        fitted = self.line()
+        if fitted is None:
+            return self._y / self._x * units
+        fixed, per_unit = fitted
+        return fixed + per_unit * units
+
+    def fixed_in_units(self, default: float, lowest: float, highest: float) -> float:
+        """The fixed cost expressed in units (fixed / per unit), within ``[lowest, highest]``;
+        ``default`` until a line is fitted. For a forward pass: ``plan_batches``'s
+        ``overhead_tokens``."""
+        fitted = self.line()
+        if fitted is None:
+            return default
+        fixed, per_unit = fitted
+        if per_unit <= 0:
+            return highest
+        return min(highest, max(lowest, fixed / per_unit))
 
 
 class ArrivalRate:

@@ -274,7 +274,7 @@ class KeyState:
 
 @dataclass(slots=True)
 class FoldResult:
-    duplicate: bool = False
+    duplicate: bool = False  # a fact was already counted (and was skipped)
     updated: list[tuple[str, WindowCounts]] = field(default_factory=list)
     closed: list[tuple[str, WindowCounts]] = field(default_factory=list)
     late_kinds: list[str] = field(default_factory=list)
@@ -294,37 +294,89 @@ def fold_event(
 ) -> FoldResult:
     """Count ``fact`` into ``state`` (in place); returns what changed and what closed.
     ``current``: as for :func:`advance_stream_time`."""
+    return fold_facts(state, [fact], policy, now_ms, current)
+
+
+def fold_facts(
+    state: KeyState,
+    facts: Iterable[ScoredFact],
+    policy: WindowPolicy,
+    now_ms: int,
+    current: Collection[str] | None = None,
+) -> FoldResult:
+    """:func:`fold_event` over ``facts`` in their order (one facts record: a take's facts for one
+    key), with the same resulting state; returns every updated window and every closed one.
+
+    What does not change from fact to fact is done once per record: the input partitions that may
+    feed the key are merged once per ``(origin, partitions)``, window starts are computed once per
+    step, and open windows are closed only once stream time reaches the earliest end + grace among
+    them (a window is opened only while it is not yet due)."""
     result = FoldResult()
-    if fact.offset <= state.offsets.get(fact.origin, -1):
-        result.duplicate = True
-        return result
-    state.offsets[fact.origin] = fact.offset
-    state.last_event_wall_ms = now_ms
-    state.model_name = fact.model_name
-    for spec in policy.specs:
-        windows = state.open.setdefault(spec.kind, {})
-        missed = False
-        for start in spec.starts_for(fact.event_time_ms):
-            window = windows.get(start)
-            if window is None:
-                if is_closed(start + spec.size_ms, policy.grace_ms, state.stream_time_ms):
-                    missed = True
-                    continue
-                window = windows[start] = WindowCounts(start)
-            window.add(fact.label, fact.score, fact.uncertain, fact.in_scope)
-            result.updated.append((spec.kind, window))
-        if missed:
-            state.late[spec.kind] = state.late.get(spec.kind, 0) + 1
-            result.late_kinds.append(spec.kind)
-    times = state.partition_times
-    times[fact.origin] = max(times.get(fact.origin, fact.event_time_ms), fact.event_time_ms)
-    state.partition_seen_ms[fact.origin] = now_ms
-    if state.created_wall_ms is None:
-        state.created_wall_ms = now_ms
-    state.origins = sorted(set(state.origins) | set(fact.origins) | {fact.origin})
-    advance_stream_time(state, policy, now_ms, current)
-    result.closed = close_due(state, policy)
+    origins_seen: set[tuple[str, int]] = set()
+    starts: dict[tuple[int, int], list[int]] = {}
+    grace = policy.grace_ms
+    # The stream time at which the earliest open window is due (None: no open window).
+    due_at = earliest_due(state, policy)
+    specs = list(enumerate(policy.specs))
+    counted = False
+    for fact in facts:
+        origin = fact.origin
+        if fact.offset <= state.offsets.get(origin, -1):
+            result.duplicate = True  # a record re-read after a crash
+            continue
+        counted = True
+        state.offsets[origin] = fact.offset
+        state.model_name = fact.model_name
+        event_time = fact.event_time_ms
+        for index, spec in specs:
+            windows = state.open.setdefault(spec.kind, {})
+            missed = False
+            bucket = (index, event_time // spec.step_ms)
+            spec_starts = starts.get(bucket)
+            if spec_starts is None:
+                spec_starts = starts[bucket] = spec.starts_for(event_time)
+            for start in spec_starts:
+                window = windows.get(start)
+                if window is None:
+                    if is_closed(start + spec.size_ms, policy.grace_ms, state.stream_time_ms):
+                        missed = True
+                        continue
+                    window = windows[start] = WindowCounts(start)
+                    closes_at = start + spec.size_ms + grace
+                    if due_at is None or closes_at < due_at:
+                        due_at = closes_at
+                window.add(fact.label, fact.score, fact.uncertain, fact.in_scope)
+                result.updated.append((spec.kind, window))
+            if missed:
+                state.late[spec.kind] = state.late.get(spec.kind, 0) + 1
+                result.late_kinds.append(spec.kind)
+        times = state.partition_times
+        previous = times.get(origin)
+        if previous is None or event_time > previous:
+            times[origin] = event_time
+        state.partition_seen_ms[origin] = now_ms
+        if state.created_wall_ms is None:
+            state.created_wall_ms = now_ms
+        if (origin, fact.partitions) not in origins_seen:
+            origins_seen.add((origin, fact.partitions))
+            state.origins = sorted(set(state.origins) | set(fact.origins) | {origin})
+        advance_stream_time(state, policy, now_ms, current)
+        stream_time = state.stream_time_ms
+        if due_at is not None and stream_time is not None and stream_time >= due_at:
+            result.closed += close_due(state, policy)
+            due_at = earliest_due(state, policy)
+    if counted:
+        state.last_event_wall_ms = now_ms
     return result
+
+
+def earliest_due(state: KeyState, policy: WindowPolicy) -> int | None:
+    """The stream time at which the first of ``state``'s open windows is due (None: none open)."""
+    return min(
+        (start + spec.size_ms + policy.grace_ms
+         for spec in policy.specs for start in state.open.get(spec.kind, {})),
+        default=None,
+    )  # fmt: skip
 
 
 def advance_stream_time(

@@ -11,9 +11,9 @@ import pytest
 
 from stream.core.batching import (
     ArrivalRate,
+    CostLine,
     DeadlineTake,
     Failure,
-    ServiceTime,
     collect_batch,
     padding_cost,
     plan_batches,
@@ -36,35 +36,47 @@ LENGTH_CASES = [
     random_lengths(2, 257, 1, 512),
 ]
 LIMITS = [(1, 10_000), (4, 10_000), (8, 600), (32, 4096), (32, 512), (3, 50)]
+OVERHEADS = [None, 0.0, 32.0, 10_000.0]  # None: fewest passes
 
 
 # --- plan_batches ---------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("overhead", OVERHEADS)
 @pytest.mark.parametrize("lengths", LENGTH_CASES)
 @pytest.mark.parametrize(("max_size", "max_tokens"), LIMITS)
 def test_plan_puts_every_index_in_exactly_one_batch(
-    lengths: list[int], max_size: int, max_tokens: int
+    lengths: list[int], max_size: int, max_tokens: int, overhead: float | None
 ) -> None:
-    batches = plan_batches(lengths, max_size=max_size, max_tokens=max_tokens)
+    batches = plan_batches(
+        lengths, max_size=max_size, max_tokens=max_tokens, overhead_tokens=overhead
+    )
     flat = [index for batch in batches for index in batch]
     assert sorted(flat) == list(range(len(lengths)))
     assert all(batch for batch in batches), "no empty batches"
 
 
+@pytest.mark.parametrize("overhead", OVERHEADS)
 @pytest.mark.parametrize("lengths", LENGTH_CASES)
 @pytest.mark.parametrize(("max_size", "max_tokens"), LIMITS)
-def test_plan_respects_max_size(lengths: list[int], max_size: int, max_tokens: int) -> None:
-    for batch in plan_batches(lengths, max_size=max_size, max_tokens=max_tokens):
+def test_plan_respects_max_size(
+    lengths: list[int], max_size: int, max_tokens: int, overhead: float | None
+) -> None:
+    for batch in plan_batches(
+        lengths, max_size=max_size, max_tokens=max_tokens, overhead_tokens=overhead
+    ):
         assert len(batch) <= max_size
 
 
+@pytest.mark.parametrize("overhead", OVERHEADS)
 @pytest.mark.parametrize("lengths", LENGTH_CASES)
 @pytest.mark.parametrize(("max_size", "max_tokens"), LIMITS)
 def test_plan_keeps_padded_tokens_within_budget_except_lone_overlong_items(
-    lengths: list[int], max_size: int, max_tokens: int
+    lengths: list[int], max_size: int, max_tokens: int, overhead: float | None
 ) -> None:
-    for batch in plan_batches(lengths, max_size=max_size, max_tokens=max_tokens):
+    for batch in plan_batches(
+        lengths, max_size=max_size, max_tokens=max_tokens, overhead_tokens=overhead
+    ):
         longest = max(lengths[i] for i in batch)
         if longest > max_tokens:
             assert len(batch) == 1, f"over-long item shares a batch: {batch}"
@@ -111,6 +123,68 @@ def test_plan_wastes_less_padding_than_arrival_order(seed: int, max_size: int) -
     # Sorted neighbours differ by ~1 length unit here, so little is padding (arrival order: ~55%).
     assert real / planned_padded > 0.85
     assert real / planned_padded > real / arrival_padded + 0.2
+
+
+def plan_cost(lengths: Sequence[int], batches: Sequence[Sequence[int]], overhead: float) -> float:
+    return overhead * len(batches) + padding_cost(lengths, batches)[1]
+
+
+def contiguous_partitions(count: int) -> list[list[tuple[int, int]]]:
+    """Every way to cut ``range(count)`` into consecutive (start, end) runs."""
+    if count == 0:
+        return [[]]
+    return [
+        [*head, (start, count)] for start in range(count) for head in contiguous_partitions(start)
+    ]
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_plan_with_an_overhead_is_the_cheapest_split_of_the_sorted_items(seed: int) -> None:
+    """Brute force over every split of the length-sorted items that keeps the bounds."""
+    rng = random.Random(seed)
+    lengths = [
+        rng.choice([rng.randint(3, 12), rng.randint(20, 80)]) for _ in range(rng.randint(1, 9))
+    ]
+    max_size, max_tokens = rng.choice([2, 3, 16]), rng.choice([120, 10_000])
+    overhead = rng.choice([0.0, 5.0, 32.0, 200.0])
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    allowed = [
+        [order[a:b] for a, b in runs]
+        for runs in contiguous_partitions(len(order))
+        if all(
+            b - a <= max_size and (b - a == 1 or (b - a) * lengths[order[b - 1]] <= max_tokens)
+            for a, b in runs
+        )
+    ]
+    best = min(plan_cost(lengths, split, overhead) for split in allowed)
+    planned = plan_batches(
+        lengths, max_size=max_size, max_tokens=max_tokens, overhead_tokens=overhead
+    )
+    assert plan_cost(lengths, planned, overhead) == pytest.approx(best)
+
+
+def test_plan_with_an_overhead_splits_a_small_take_of_short_and_long_texts() -> None:
+    lengths = [62, 5, 60, 6, 5]
+    # one pass padded to 62 tokens: 32 + 5 * 62 = 342; short and long apart: 64 + 18 + 124 = 206
+    assert plan_batches(lengths, max_size=16, max_tokens=4096, overhead_tokens=32) == [
+        [1, 4, 3],
+        [2, 0],
+    ]
+    assert plan_batches(lengths, max_size=16, max_tokens=4096) == [[1, 4, 3, 2, 0]]
+
+
+def test_plan_with_a_large_overhead_makes_as_few_passes_as_the_fewest_passes_plan() -> None:
+    lengths = random_lengths(9, 100, 2, 256)
+    fewest = plan_batches(lengths, max_size=16, max_tokens=4096)
+    costly = plan_batches(lengths, max_size=16, max_tokens=4096, overhead_tokens=1e9)
+    assert len(costly) == len(fewest)
+    assert padding_cost(lengths, costly)[1] <= padding_cost(lengths, fewest)[1]
+
+
+def test_plan_without_an_overhead_pads_nothing() -> None:
+    lengths = [7, 3, 7, 9, 3]
+    batches = plan_batches(lengths, max_size=16, max_tokens=4096, overhead_tokens=0)
+    assert padding_cost(lengths, batches) == (29, 29)
 
 
 def test_plan_of_nothing_is_no_batches() -> None:
@@ -320,8 +394,8 @@ def test_collect_batch_budget_is_capped_by_max_wait() -> None:
     assert asyncio.run(scenario()) == [1]
 
 
-def test_service_time_fits_a_fixed_cost_and_a_cost_per_text() -> None:
-    service = ServiceTime()
+def test_cost_line_fits_a_fixed_cost_and_a_cost_per_unit() -> None:
+    service = CostLine()
     assert service.predict(4) is None
     for size in (1, 2, 4, 8, 16, 1, 3, 12):
         service.observe(size, 20 + 5 * size)  # 20 ms per take + 5 ms per text
@@ -329,21 +403,42 @@ def test_service_time_fits_a_fixed_cost_and_a_cost_per_text() -> None:
     assert service.predict(10) == pytest.approx(70, rel=1e-6)
 
 
-def test_service_time_of_one_take_size_scales_per_text() -> None:
-    service = ServiceTime()
+def test_cost_line_of_one_size_scales_per_unit() -> None:
+    service = CostLine()
     for _ in range(5):
         service.observe(16, 160)
     assert service.predict(16) == pytest.approx(160)
     assert service.predict(1) == pytest.approx(10)
 
 
-def test_service_time_follows_a_slower_model() -> None:
-    service = ServiceTime(decay=0.8)
+def test_cost_line_follows_a_slower_model() -> None:
+    service = CostLine(decay=0.8)
     for size in (1, 4, 8) * 10:
         service.observe(size, 10 * size)
     for size in (1, 4, 8) * 10:
         service.observe(size, 30 * size)
     assert service.predict(4) == pytest.approx(120, rel=0.05)
+
+
+def test_cost_line_gives_its_fixed_cost_in_units_within_bounds() -> None:
+    forward = CostLine(min_spread=8.0)
+    assert forward.fixed_in_units(32.0, 4.0, 4096.0) == 32.0  # nothing fitted yet
+    for tokens in (16, 16, 64, 128, 256, 512, 48):
+        forward.observe(tokens, 4.0 + 0.1 * tokens)  # 4 ms a pass + 0.1 ms a token
+    assert forward.fixed_in_units(32.0, 4.0, 4096.0) == pytest.approx(40.0)
+    assert forward.fixed_in_units(32.0, 4.0, 30.0) == 30.0
+    assert forward.fixed_in_units(32.0, 50.0, 4096.0) == 50.0
+    forward.forget()
+    assert forward.line() is None
+    assert forward.predict(10) is None
+
+
+def test_cost_line_fits_no_slope_to_units_that_barely_spread() -> None:
+    forward = CostLine(min_spread=8.0)
+    for tokens in (100, 102, 98, 101):
+        forward.observe(tokens, 14.0)
+    assert forward.line() is None
+    assert forward.fixed_in_units(32.0, 4.0, 4096.0) == 32.0
 
 
 def test_arrival_rate_converges_to_a_steady_rate_and_decays_when_quiet() -> None:

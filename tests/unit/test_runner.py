@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,7 +15,14 @@ import pytest
 
 from models.checkpoints import fold_to_single_logit, relabel
 from models.labels import UnsupportedLabels
-from models.runner import ModelLoadError, RunnerOptions, SentimentRunner, model_version
+from models.runner import (
+    DEFAULT_OVERHEAD_TOKENS,
+    OVERHEAD_TOKENS_BOUNDS,
+    ModelLoadError,
+    RunnerOptions,
+    SentimentRunner,
+    model_version,
+)
 from stream.core.records import Prediction
 
 pytestmark = pytest.mark.slow
@@ -200,8 +208,38 @@ def test_batch_size_field_reflects_the_shared_forward_pass(runner: SentimentRunn
     assert [p.batch_size for p in runner.predict(["good", "bad", "fine"]).predictions] == [3] * 3
     assert runner.predict(["good"]).predictions[0].batch_size == 1
     scored = runner.predict(varied_texts(count=40, seed=5))
-    assert scored.forward_batches == 2  # default max_batch_size is 32
-    assert sorted({p.batch_size for p in scored.predictions}) == [8, 32]
+    assert max(scored.forward_sizes) <= 32  # the default max_batch_size
+    expected = Counter({size: 0 for size in scored.forward_sizes})
+    for size in scored.forward_sizes:
+        expected[size] += size
+    assert Counter(p.batch_size for p in scored.predictions) == expected
+
+
+def test_a_take_of_short_and_long_texts_is_scored_in_a_pass_for_each(
+    runner: SentimentRunner,
+) -> None:
+    """One pass padded to the long texts would cost more than a second pass's fixed cost."""
+    runner.forward_cost.forget()  # the default fixed cost, 32 tokens a pass
+    long = " ".join(["the acting was good but the plot was long"] * 12)
+    scored = runner.predict(["good", long, "bad", long, "fine", long, "ok", long])
+    assert sorted(scored.forward_sizes) == [4, 4]
+    assert {p.batch_size for p in scored.predictions} == {4}
+    assert scored.padding_efficiency > 0.95
+
+
+def test_the_runner_fits_what_a_forward_pass_costs_from_its_passes(
+    runner: SentimentRunner,
+) -> None:
+    runner.forward_cost.forget()
+    assert runner.overhead_tokens() == DEFAULT_OVERHEAD_TOKENS
+    for seed in range(4):
+        runner.predict(varied_texts(count=12, seed=seed))
+    fitted = runner.forward_cost.line()
+    assert fitted is not None
+    fixed_ms, ms_per_token = fitted
+    assert ms_per_token > 0
+    low, high = OVERHEAD_TOKENS_BOUNDS
+    assert runner.overhead_tokens() == pytest.approx(min(high, max(low, fixed_ms / ms_per_token)))
 
 
 # --- loading and versions -------------------------------------------------------------------------

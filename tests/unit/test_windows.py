@@ -27,6 +27,7 @@ from stream.core.windows import (
     default_policy,
     describe_key,
     fold_event,
+    fold_facts,
     positive_ratio,
     resume_partitions,
     window_record,
@@ -620,6 +621,54 @@ def test_restored_state_keeps_counting_and_deduplicating_like_the_original() -> 
         assert a.closed == b.closed
         assert snapshot(original) == snapshot(restored)
     assert fold_event(restored, facts[0], POLICY, 100).duplicate
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_records_facts_folded_at_once_match_folding_them_one_by_one(seed: int) -> None:
+    """fold_facts (the aggregates agent: one record per key and take) does per record what
+    fold_event does per fact: same state, same closed windows in the same order, same late and
+    duplicate facts, on shuffled takes from two partitions with late, out-of-order and re-read
+    facts and windows closing mid-take."""
+    rng = random.Random(seed)
+    one_by_one, at_once = KeyState(GLOBAL_KEY), KeyState(GLOBAL_KEY)
+    offsets = {"in/0": 0, "in/1": 0}
+    now_ms, event_time = 0, BASE
+    for _take in range(40):
+        facts = []
+        for _ in range(rng.randint(1, 30)):
+            origin = rng.choice(list(offsets))
+            offset = offsets[origin]
+            if rng.random() < 0.1 and offset > 3:
+                offset -= rng.randint(1, 3)  # re-read after a crash
+            else:
+                offsets[origin] += 1
+            event_time += rng.choice([0, 1_000, 20_000, 70_000])
+            jitter = rng.choice([0, 0, -5_000, -45_000, -4 * MINUTE])  # out of order, late
+            label = rng.choice(LABELS[:2])
+            fact = ScoredFact(
+                GLOBAL_KEY, event_time + jitter, label, rng.random(), "minilm", origin, offset, 2
+            )
+            facts.append(fact)
+        now_ms += rng.choice([10, 1_000, 40_000])
+        expected = FoldResult()
+        for fact in facts:
+            single = fold_event(one_by_one, fact, POLICY, now_ms)
+            expected.duplicate |= single.duplicate
+            expected.updated += single.updated
+            expected.closed += single.closed
+            expected.late_kinds += single.late_kinds
+        got = fold_facts(at_once, facts, POLICY, now_ms)
+        assert snapshot(at_once) == snapshot(one_by_one)
+        assert [(k, w.start_ms) for k, w in got.closed] == [
+            (k, w.start_ms) for k, w in expected.closed
+        ]
+        assert [(k, w.start_ms) for k, w in got.updated] == [
+            (k, w.start_ms) for k, w in expected.updated
+        ]
+        assert (got.late_kinds, got.duplicate) == (expected.late_kinds, expected.duplicate)
+    # the takes did close windows and count late facts
+    assert one_by_one.closed
+    assert one_by_one.late
 
 
 # --- window_record ------------------------------------------------------------------------------
