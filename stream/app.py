@@ -218,7 +218,7 @@ def create_app(
     classify = ClassifyRequests(wake)
     max_wait_s = settings.batch_max_wait_ms / 1000
     # Deadline-driven takes: a take waits for more messages while its oldest message's latency
-    # budget allows and waiting pays (stream.core.batching.DeadlineTake).
+    # budget allows, until the take is large enough to keep up (stream.core.batching.DeadlineTake).
     deadline = DeadlineTake(settings.latency_target_ms) if settings.latency_target_ms else None
     service_time = CostLine()
     arrivals = ArrivalRate()
@@ -235,8 +235,7 @@ def create_app(
             oldest_age_ms=now - oldest.message.timestamp * 1000,
             take_size=size,
             max_size=take,
-            predicted_ms=service_time.predict(size + 1),
-            single_ms=service_time.predict(1),
+            take_cost=service_time.line(),
             arrivals_per_ms=arrivals.per_ms(now),
         )
         return wait_ms / 1000

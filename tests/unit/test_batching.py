@@ -462,55 +462,67 @@ def test_arrival_rate_counts_a_burst_by_its_messages() -> None:
     assert rate.per_ms(now) == pytest.approx(0.1, rel=0.02)
 
 
-DEADLINE = DeadlineTake(target_ms=100, publish_margin_ms=15, busy_above=0.3)
+DEADLINE = DeadlineTake(target_ms=100, publish_margin_ms=15, utilisation=0.8)
+# A take costs 20 ms + 5 ms a text: 25 ms alone, 30 ms for two.
+TAKE_COST = (20.0, 5.0)
 
 
 def wait(**overrides: float) -> float:
-    arguments: dict[str, float] = {"oldest_age_ms": 10, "take_size": 2, "max_size": 128,
-                                   "predicted_ms": 30, "single_ms": 20,
+    arguments: dict[str, float] = {"oldest_age_ms": 10, "take_size": 1, "max_size": 128,
                                    "arrivals_per_ms": 0.05}  # fmt: skip
     arguments.update(overrides)
     return DEADLINE.wait_ms(
         oldest_age_ms=arguments["oldest_age_ms"],
         take_size=int(arguments["take_size"]),
         max_size=int(arguments["max_size"]),
-        predicted_ms=arguments["predicted_ms"],
-        single_ms=arguments["single_ms"],
+        take_cost=TAKE_COST,
         arrivals_per_ms=arguments["arrivals_per_ms"],
     )
 
 
-def test_deadline_take_waits_what_the_oldest_message_has_left() -> None:
-    # 50 msg/s at 20 ms each alone: the scorer would be busy 100% -> waiting pays.
-    assert wait() == pytest.approx(100 - 15 - 10 - 30)
-    assert wait(oldest_age_ms=40, arrivals_per_ms=0.1) == pytest.approx(100 - 15 - 40 - 30)
+def test_keep_up_size_is_the_smallest_take_scored_within_its_arrival_time() -> None:
+    # 50 msg/s: 20 ms between messages, 16 ms of scorer time each at 80%; 11 ms after its own
+    # 5 ms, so the 20 ms fixed cost needs 2 messages: 30 ms <= 0.8 * 40 ms.
+    assert DEADLINE.keep_up_size(20, 5, 0.05, 128) == 2
+    assert DEADLINE.keep_up_size(20, 5, 0.1, 128) == 7  # 55 ms <= 0.8 * 70 ms; 6: 50 > 48
+    assert DEADLINE.keep_up_size(20, 5, 0.01, 128) == 1  # 10 msg/s: one at a time keeps up
+    assert DEADLINE.keep_up_size(20, 5, 0.2, 128) == 128  # 4 ms apart, 5 ms each: never
+    assert DEADLINE.keep_up_size(20, 5, 0.0, 128) == 1
+
+
+def test_deadline_take_waits_for_the_keep_up_size_while_the_budget_lasts() -> None:
+    # 100 msg/s: takes of 7 keep up; one message 10 ms old, a take of 2 predicted at 30 ms.
+    assert wait(arrivals_per_ms=0.1) == pytest.approx(100 - 15 - 10 - 30)
+    assert wait(take_size=3, oldest_age_ms=20, arrivals_per_ms=0.1) == pytest.approx(
+        100 - 15 - 20 - 40
+    )
+    assert wait(take_size=7, arrivals_per_ms=0.1) == 0.0  # it keeps up: score it now
+
+
+def test_deadline_take_does_not_wait_when_a_smaller_take_keeps_up() -> None:
+    assert wait(arrivals_per_ms=0.005) == 0.0  # 5 msg/s, takes of one keep up
+    assert wait(take_size=2, arrivals_per_ms=0.05) == 0.0  # 50 msg/s, two keep up
 
 
 def test_deadline_take_does_not_wait_once_the_budget_is_spent() -> None:
-    assert wait(oldest_age_ms=60) == 0.0
-    assert wait(oldest_age_ms=5000) == 0.0  # a backlog or a replay: score at once
-
-
-def test_deadline_take_does_not_wait_under_light_load() -> None:
-    # 5 msg/s at 20 ms each: the scorer is busy 10% of the time scoring them one by one.
-    assert wait(arrivals_per_ms=0.005) == 0.0
+    assert wait(oldest_age_ms=60, arrivals_per_ms=0.1) == 0.0
+    assert wait(oldest_age_ms=5000, arrivals_per_ms=0.1) == 0.0  # a backlog: score at once
 
 
 def test_deadline_take_does_not_wait_for_a_message_not_expected_within_the_budget() -> None:
-    # 20 msg/s at 20 ms each alone keeps the scorer 40% busy, but with 45 ms of budget left
-    # the next message is expected in 50 ms: waiting would only add latency.
-    assert wait(arrivals_per_ms=0.02) == 0.0
-    # Closer to the deadline, a faster stream is needed for waiting to pay.
-    assert wait(oldest_age_ms=40, arrivals_per_ms=0.05) == 0.0  # 15 ms left, 0.75 expected
-    assert wait(oldest_age_ms=40, arrivals_per_ms=0.07) == pytest.approx(15)  # 1.05 expected
+    # 50 msg/s, takes of 2 keep up, 45 ms of budget left: one message expected in 20 ms.
+    assert wait(arrivals_per_ms=0.05) == pytest.approx(45)
+    # 4 ms left at 100 msg/s: 0.4 messages expected, waiting would only add latency.
+    assert wait(oldest_age_ms=51, arrivals_per_ms=0.1) == 0.0
+    assert wait(oldest_age_ms=45, arrivals_per_ms=0.1) == pytest.approx(10)  # 1.0 expected
 
 
 def test_deadline_take_does_not_wait_when_full_or_before_anything_was_measured() -> None:
-    assert wait(take_size=128) == 0.0
-    assert DEADLINE.wait_ms(oldest_age_ms=0, take_size=1, max_size=8, predicted_ms=None,
-                            single_ms=None, arrivals_per_ms=1.0) == 0.0  # fmt: skip
+    assert wait(take_size=128, arrivals_per_ms=0.2) == 0.0
+    assert DEADLINE.wait_ms(oldest_age_ms=0, take_size=1, max_size=8, take_cost=None,
+                            arrivals_per_ms=1.0) == 0.0  # fmt: skip
 
 
 def test_deadline_take_never_waits_longer_than_the_target() -> None:
     # A producer clock ahead of the worker's: the age comes out negative.
-    assert wait(oldest_age_ms=-10_000) == pytest.approx(100 - 15 - 0 - 30)
+    assert wait(oldest_age_ms=-10_000, arrivals_per_ms=0.1) == pytest.approx(100 - 15 - 0 - 30)
