@@ -186,9 +186,12 @@ class WindowCounts:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ScoredFact:
-    """What the windows need of one enriched event, and where its input record came from."""
+    """What the windows need of one enriched event, and where its input record came from.
+
+    Not frozen: the aggregates agent builds three a message on the event loop, and a frozen
+    dataclass's ``__init__`` (``object.__setattr__`` per field) cost 1.04 us against 0.17 us."""
 
     key: str
     event_time_ms: int
