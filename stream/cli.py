@@ -770,7 +770,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--null-messages",
         type=int,
-        default=20000,
+        default=10000,
         help="messages for the null classifier's run (backend null: the pipeline's ceiling)",
     )
     bench.add_argument(
