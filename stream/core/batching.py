@@ -168,7 +168,7 @@ class CostLine:
     def __init__(self, decay: float = 0.95, min_spread: float = 0.5) -> None:
         self.decay = decay
         self.min_spread = min_spread
-        self._w = self._x = self._y = self._xx = self._xy = 0.0
+        self.forget()
 
     def forget(self) -> None:
         """Drop every observation (a one-off cost that says nothing of the next ones)."""
@@ -194,17 +194,6 @@ class CostLine:
             return None
         slope = max(0.0, (self._xy / self._w - mean_x * mean_y) / variance)
         return max(0.0, mean_y - slope * mean_x), slope
-
-    def predict(self, units: float) -> float | None:
-        """Expected ms for ``units``; None before the first observation. Observations all of one
-        size (no slope to fit): the cost scales per unit."""
-        if self._w == 0:
-            return None
-        fitted = self.line()
-        if fitted is None:
-            return self._y / self._x * units
-        fixed, per_unit = fitted
-        return fixed + per_unit * units
 
     def fixed_in_units(self, default: float, lowest: float, highest: float) -> float:
         """The fixed cost expressed in units (fixed / per unit), within ``[lowest, highest]``;

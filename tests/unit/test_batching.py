@@ -396,19 +396,19 @@ def test_collect_batch_budget_is_capped_by_max_wait() -> None:
 
 def test_cost_line_fits_a_fixed_cost_and_a_cost_per_unit() -> None:
     service = CostLine()
-    assert service.predict(4) is None
+    assert service.line() is None
     for size in (1, 2, 4, 8, 16, 1, 3, 12):
         service.observe(size, 20 + 5 * size)  # 20 ms per take + 5 ms per text
-    assert service.predict(1) == pytest.approx(25, rel=1e-6)
-    assert service.predict(10) == pytest.approx(70, rel=1e-6)
+    fitted = service.line()
+    assert fitted is not None
+    assert fitted == pytest.approx((20, 5), rel=1e-6)
 
 
-def test_cost_line_of_one_size_scales_per_unit() -> None:
+def test_cost_line_of_one_size_fits_no_line() -> None:
     service = CostLine()
     for _ in range(5):
         service.observe(16, 160)
-    assert service.predict(16) == pytest.approx(160)
-    assert service.predict(1) == pytest.approx(10)
+    assert service.line() is None
 
 
 def test_cost_line_follows_a_slower_model() -> None:
@@ -417,7 +417,10 @@ def test_cost_line_follows_a_slower_model() -> None:
         service.observe(size, 10 * size)
     for size in (1, 4, 8) * 10:
         service.observe(size, 30 * size)
-    assert service.predict(4) == pytest.approx(120, rel=0.05)
+    fitted = service.line()
+    assert fitted is not None
+    fixed, per_unit = fitted
+    assert fixed + per_unit * 4 == pytest.approx(120, rel=0.05)
 
 
 def test_cost_line_gives_its_fixed_cost_in_units_within_bounds() -> None:
@@ -430,7 +433,6 @@ def test_cost_line_gives_its_fixed_cost_in_units_within_bounds() -> None:
     assert forward.fixed_in_units(32.0, 50.0, 4096.0) == 50.0
     forward.forget()
     assert forward.line() is None
-    assert forward.predict(10) is None
 
 
 def test_cost_line_fits_no_slope_to_units_that_barely_spread() -> None:
