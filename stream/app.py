@@ -220,7 +220,7 @@ def create_app(
     # Deadline-driven takes: a take waits for more messages while its oldest message's latency
     # budget allows, until the take is large enough to keep up (stream.core.batching.DeadlineTake).
     deadline = DeadlineTake(settings.latency_target_ms) if settings.latency_target_ms else None
-    service_time = CostLine()
+    take_cost = CostLine()
     arrivals = ArrivalRate()
 
     def take_budget_s(items: Sequence[EventT[bytes] | None]) -> float:
@@ -235,7 +235,7 @@ def create_app(
             oldest_age_ms=now - oldest.message.timestamp * 1000,
             take_size=size,
             max_size=take,
-            take_cost=service_time.line(),
+            take_cost=take_cost.line(),
             arrivals_per_ms=arrivals.per_ms(now),
         )
         return wait_ms / 1000
@@ -354,7 +354,7 @@ def create_app(
                 except BaseException as exc:
                     classify.fail(requests, exc)
                     raise
-                service_time.observe(
+                take_cost.observe(
                     len(records) + len(api_records), (loop.time() - scoring_started) * 1000
                 )
                 if api_records:
