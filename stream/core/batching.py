@@ -42,7 +42,10 @@ def plan_batches(
     if overhead_tokens is None:
         return _fewest_passes(order, lengths, max_size, max_tokens)
     sorted_lengths = [lengths[i] for i in order]
-    # cheapest[j]: the least cost of the first j sorted items; cut[j]: where its last pass starts.
+    # best[j]: (passes, padded tokens) of the cheapest split of the first j sorted items; cut[j]:
+    # where its last pass starts. Costs are computed from those integers in one step, so splits
+    # of equal cost are equal to the bit and the first found (fuller passes first) is kept.
+    best = [(0, 0)] + [(0, 0)] * len(order)
     cheapest = [0.0] + [float("inf")] * len(order)
     cut = [0] * (len(order) + 1)
     for end in range(1, len(order) + 1):
@@ -51,9 +54,10 @@ def plan_batches(
             size = end - start
             if size > 1 and size * longest > max_tokens:
                 break
-            cost = cheapest[start] + overhead_tokens + size * longest
+            passes, padded = best[start][0] + 1, best[start][1] + size * longest
+            cost = overhead_tokens * passes + padded
             if cost < cheapest[end]:
-                cheapest[end], cut[end] = cost, start
+                cheapest[end], best[end], cut[end] = cost, (passes, padded), start
     batches: list[list[int]] = []
     end = len(order)
     while end:
