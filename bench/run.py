@@ -112,6 +112,8 @@ class BenchOptions:
     backends: Sequence[str] = CPU_BACKENDS
     batch_size: int = 16
     threads: int = 2
+    # SENTISTREAM_INFERENCE_LANES: forward passes side by side, threads shared (None: the default)
+    lanes: int | None = None
     seed: int = 42
     skip_accuracy: bool = False
     workdir: Path | None = None
@@ -200,6 +202,7 @@ def load_runner(model: Path, backend: str, opts: BenchOptions) -> SentimentRunne
             backend=backend,
             max_batch_size=opts.batch_size,
             torch_threads=opts.threads,
+            lanes=opts.lanes,
             cache_dir=opts.workdir / "model-cache",
         ),
     )
@@ -304,6 +307,7 @@ class EndToEnd:
             "SENTISTREAM_MODEL_CACHE_DIR": str(base / "model-cache"),
             "SENTISTREAM_BATCH_SIZE": str(opts.batch_size),
             "SENTISTREAM_TORCH_THREADS": str(opts.threads),
+            "SENTISTREAM_INFERENCE_LANES": "" if opts.lanes is None else str(opts.lanes),
             "SENTISTREAM_WEB_PORT": str(self.port),
             "SENTISTREAM_DATA_DIR": str(base / f"worker-{suffix}"),
             "SENTISTREAM_LOG_LEVEL": "warning",
@@ -737,7 +741,8 @@ def render(report: Report) -> str:
     lines = [
         f"machine: {report.machine}",
         f"mix: {report.settings['messages']} messages (seed {report.settings['seed']}), "
-        f"batch size {report.settings['batch_size']}, {report.settings['threads']} threads",
+        f"batch size {report.settings['batch_size']}, {report.settings['threads']} threads"
+        f" in {report.settings.get('lanes') or 'the default'} lane(s)",
         "",
         "| run | broker | backend | msg/s | x naive | p50 ms | p95 ms | p99 ms | mean batch | "
         "fill | padding eff. | model ms/msg | worker CPU ms/msg | peak RSS MB | "

@@ -413,6 +413,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         backends=backends,
         batch_size=args.batch_size,
         threads=args.threads,
+        lanes=args.lanes,
         seed=args.seed,
         skip_accuracy=args.skip_accuracy,
         workdir=Path(args.workdir) if args.workdir else None,
@@ -793,6 +794,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--batch-size", type=int, default=16)
     bench.add_argument("--threads", type=int, default=2, help="model threads (default 2)")
+    bench.add_argument(
+        "--lanes",
+        type=int,
+        help="forward passes side by side, sharing the threads (default: the worker's default)",
+    )
     bench.add_argument("--seed", type=int, default=42)
     bench.add_argument("--skip-accuracy", action="store_true")
     bench.add_argument("--workdir", help="keep models, caches and logs here (default: a temp dir)")

@@ -100,6 +100,7 @@ class Settings(BaseSettings):
     backend: str = "auto"
     model_cache_dir: Path = Path("~/.cache/sentistream")
     torch_threads: int | None = Field(default=None, ge=1)
+    inference_lanes: int | None = Field(default=None, ge=1)
     label_map: str | None = None
     binary_threshold: float = Field(default=0.5, gt=0, lt=1)
     confidence_threshold: float | None = Field(default=None, ge=0, le=1)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -79,6 +81,67 @@ def test_every_cpu_backend_gets_clear_sentiment_right(
     (prediction,) = runners[backend].predict([text]).predictions
     assert prediction.label == label
     assert runners[backend].backend == backend
+
+
+def onnx_int8_in_lanes(cache_dir: Path, lanes: int) -> SentimentRunner:
+    return SentimentRunner(
+        str(require(MINILM)),
+        RunnerOptions(
+            device="cpu", backend="onnx-int8", cache_dir=cache_dir, torch_threads=2, lanes=lanes,
+            max_batch_size=4,
+        ),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def two_lanes(cache_dir: Path) -> SentimentRunner:
+    return onnx_int8_in_lanes(cache_dir, 2)
+
+
+def test_two_lanes_run_a_takes_passes_side_by_side(
+    two_lanes: SentimentRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lane_forward = two_lanes.lane_forward
+    together = threading.Barrier(2, timeout=30)  # only passes that run at once get through
+    lanes = set()
+
+    def meet_then_forward(inputs: Any) -> Any:
+        together.wait()
+        lanes.add(threading.current_thread().name)
+        return lane_forward(inputs)
+
+    monkeypatch.setattr(two_lanes, "lane_forward", meet_then_forward)
+    texts = [f"review number {i} was fine" for i in range(8)]  # equal lengths: two passes of 4
+    assert two_lanes.predict(texts).forward_sizes == (4, 4)
+    assert len(lanes) == 2
+
+
+def test_a_lone_pass_runs_on_every_thread_not_on_a_lane(
+    two_lanes: SentimentRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_lane(inputs: Any) -> Any:
+        raise AssertionError("a take of one pass went to a lane")
+
+    monkeypatch.setattr(two_lanes, "lane_forward", no_lane)
+    assert two_lanes.predict(["good", "bad", "fine"]).forward_batches == 1
+
+
+def test_onnx_int8_in_two_lanes_scores_as_in_one(
+    sst2_dev: list[tuple[str, str]], two_lanes: SentimentRunner, cache_dir: Path
+) -> None:
+    """Two lanes of one intra-op thread each give the same answers as one lane of two (int8
+    quantizes activations per pass, so both cut the texts into the same passes)."""
+    one_lane = onnx_int8_in_lanes(cache_dir, 1)
+    texts = [text for text, _ in sst2_dev[:200]]
+    two_lanes.forward_cost.forget()
+    one_lane.forward_cost.forget()
+    scored = two_lanes.predict(texts)
+    expected = one_lane.predict(texts)
+    assert scored.forward_sizes == expected.forward_sizes
+    assert len(scored.forward_sizes) > 1
+    for got, want in zip(scored.predictions, expected.predictions, strict=True):
+        assert got.label == want.label
+        assert got.score == pytest.approx(want.score, abs=1e-6)
 
 
 @pytest.mark.parametrize("backend", ["onnx-fp32", "onnx-fused-fp32"])

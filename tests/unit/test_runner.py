@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from models.backends import Backend
 from models.checkpoints import fold_to_single_logit, relabel
 from models.labels import UnsupportedLabels
 from models.runner import (
@@ -21,6 +22,8 @@ from models.runner import (
     ModelLoadError,
     RunnerOptions,
     SentimentRunner,
+    forward_lanes,
+    lane_threads,
     model_version,
 )
 from stream.core.records import Prediction
@@ -240,6 +243,49 @@ def test_the_runner_fits_what_a_forward_pass_costs_from_its_passes(
     assert ms_per_token > 0
     low, high = OVERHEAD_TOKENS_BOUNDS
     assert runner.overhead_tokens() == pytest.approx(min(high, max(low, fixed_ms / ms_per_token)))
+
+
+@pytest.mark.parametrize(
+    ("requested", "backend", "cpus", "lanes"),
+    [
+        (None, Backend.ONNX_INT8, 2, 2),
+        (None, Backend.ONNX_FP32, 16, 2),
+        (None, Backend.ONNX_INT8, 1, 1),
+        (3, Backend.ONNX_INT8, 2, 3),
+        (1, Backend.ONNX_FUSED_INT8, 8, 1),
+        (None, Backend.TORCH_FP32, 8, 1),
+        (None, Backend.CUDA_FP16, 8, 1),
+    ],
+)
+def test_forward_lanes_default_to_two_for_onnx_on_two_cores_or_more(
+    monkeypatch: pytest.MonkeyPatch, requested: int | None, backend: Backend, cpus: int, lanes: int
+) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: cpus)
+    assert forward_lanes(requested, backend) == lanes
+
+
+def test_lanes_are_for_the_onnx_backends_only(caplog: pytest.LogCaptureFixture) -> None:
+    laned = SentimentRunner(
+        str(require_model()), RunnerOptions(device="cpu", backend="torch-fp32", lanes=2)
+    )
+    assert laned.lanes == 1
+    assert "applies to the ONNX backends only" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("total", "lanes", "each"), [(2, 2, 1), (4, 2, 2), (1, 2, 1), (3, 1, 3), (5, 2, 2)]
+)
+def test_each_lane_gets_its_share_of_the_threads(
+    total: int | None, lanes: int, each: int | None
+) -> None:
+    assert lane_threads(total, lanes) == each
+
+
+def test_lanes_without_a_thread_count_share_the_cpus() -> None:
+    import os
+
+    assert lane_threads(None, 2) == max(1, (os.cpu_count() or 1) // 2)
+    assert lane_threads(None, 1) == (os.cpu_count() or 1)
 
 
 # --- loading and versions -------------------------------------------------------------------------

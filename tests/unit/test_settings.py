@@ -67,6 +67,7 @@ def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None
         SENTISTREAM_BATCH_SIZE="8",
         SENTISTREAM_REDACT_TEXT="true",
         SENTISTREAM_TORCH_THREADS="2",
+        SENTISTREAM_INFERENCE_LANES="2",
         SENTISTREAM_DATA_DIR="/var/lib/sentistream",
         SENTISTREAM_LOG_LEVEL="debug",
         KAFKA_BOOTSTRAP_SERVERS="b1:9092,b2:9092",
@@ -81,6 +82,7 @@ def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None
     assert settings.batch_size == 8
     assert settings.redact_text is True
     assert settings.torch_threads == 2
+    assert settings.inference_lanes == 2
     assert settings.data_dir == Path("/var/lib/sentistream")
     assert settings.log_level == "debug"
     assert settings.kafka.bootstrap_servers == "b1:9092,b2:9092"
@@ -100,6 +102,7 @@ def test_from_env_keyword_overrides_win(monkeypatch: pytest.MonkeyPatch) -> None
         ("SENTISTREAM_INPUT_PARTITIONS", lambda s: s.topics.input_partitions == 4),
         ("SENTISTREAM_MODEL", lambda s: s.model.startswith("distilbert")),
         ("SENTISTREAM_TORCH_THREADS", lambda s: s.torch_threads is None),
+        ("SENTISTREAM_INFERENCE_LANES", lambda s: s.inference_lanes is None),
         ("SENTISTREAM_BATCH_SIZE", lambda s: s.batch_size == 16),
         ("KAFKA_BOOTSTRAP_SERVERS", lambda s: s.kafka.bootstrap_servers == "localhost:9092"),
         ("KAFKA_SASL_MECHANISM", lambda s: s.kafka.sasl_mechanism is None),
@@ -120,6 +123,7 @@ def test_empty_environment_variable_counts_as_unset(
     [
         ("SENTISTREAM_INPUT_PARTITIONS", "0"),
         ("SENTISTREAM_BATCH_SIZE", "lots"),
+        ("SENTISTREAM_INFERENCE_LANES", "0"),
         ("SENTISTREAM_LOG_LEVEL", "verbose"),
         ("SENTISTREAM_WEB_PORT", "70000"),
         ("KAFKA_SECURITY_PROTOCOL", "TLS"),
