@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from bench.messages import message_mix
+from bench.options import NULL, BenchOptions
 from bench.random_model import save_random_model
 from connectors.admin import ensure_topics, pipeline_topics
 from connectors.broker import BrokerProcess, EmbeddedBroker, KafkaBroker, free_port
@@ -44,10 +45,6 @@ SHARED = PROJECT_ROOT.parent / "shared"
 DISTILBERT_CONFIG = SHARED / "models" / "distilbert-sst2-config"
 MINILM = SHARED / "models" / "sentiment-minilm-sst2"
 SST2_DEV = SHARED / "data" / "sst2" / "glue_dev.tsv"
-CPU_BACKENDS = ("torch-fp32", "torch-int8", "onnx-fp32", "onnx-int8", "onnx-fused-fp32",
-                "onnx-fused-int8")  # fmt: skip
-BF16_BACKENDS = ("torch-bf16",)  # by default only where the CPU has AMX or AVX-512 BF16
-NULL = "null"  # the pipeline's ceiling: end to end only, with its own (larger) message count
 # The latency-throughput curve: offered load as fractions of the measured max rate.
 CURVE_FRACTIONS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 
@@ -102,34 +99,6 @@ class Report:
     accuracy: list[Accuracy] = field(default_factory=list)
     graphs: list[Graph] = field(default_factory=list)
     goals: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class BenchOptions:
-    messages: int = 1000
-    naive_messages: int = 200
-    half_rate_seconds: float = 20.0
-    backends: Sequence[str] = CPU_BACKENDS
-    batch_size: int = 16
-    threads: int = 2
-    # SENTISTREAM_INFERENCE_LANES: forward passes side by side, threads shared (None: the default)
-    lanes: int | None = None
-    seed: int = 42
-    skip_accuracy: bool = False
-    workdir: Path | None = None
-    brokers: Sequence[str] = ("embedded",)  # end to end on each: "kafka", "embedded"
-    # end to end with each processing guarantee; exactly_once runs on Apache Kafka only
-    guarantees: Sequence[str] = ("at_least_once",)
-    shadow: bool = False  # also end to end with the same model as a shadow of itself
-    # The null classifier's run (0: no null run). 10,000: the embedded broker's cost per record
-    # grows with the records already on its topics (0.19 -> 2.0 ms of its CPU a message from the
-    # first to the fourth 10,000 on one set of topics): a longer run measures the broker more.
-    null_messages: int = 10000
-    curve_backend: str | None = None  # the latency-throughput curve's backend (None: no curve)
-    curve_seconds: float = 15.0  # per point of the curve
-    # One curve per SENTISTREAM_LATENCY_TARGET_MS (0: takes never wait), each in its own worker.
-    curve_targets: Sequence[int] = (0, 100)
-    latency_target_ms: int | None = None  # SENTISTREAM_LATENCY_TARGET_MS for the workers
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -30,6 +30,7 @@ from stream.settings import Settings
 from stream.train import add_train_parser
 
 if TYPE_CHECKING:
+    from bench.options import BenchOptions
     from connectors.replay import Transform
     from models.runner import RunnerOptions, SentimentRunner
     from stream.core.candidates import Candidate
@@ -384,20 +385,11 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from bench.run import (
-        BF16_BACKENDS,
-        CPU_BACKENDS,
-        NULL,
-        BenchOptions,
-        plot_curve,
-        render,
-        run_bench,
-        write_json,
-    )
+def bench_options(args: argparse.Namespace) -> BenchOptions:
+    """The run ``sentistream bench`` asks for: its flags over BenchOptions' defaults."""
+    from bench.options import BF16_BACKENDS, CPU_BACKENDS, NULL, BenchOptions
     from models.backends import cpu_flags, flags_with_bf16
 
-    configure_logging("warning")
     if args.backends:
         backends = args.backends.split(",")
     else:
@@ -406,15 +398,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
             backends += BF16_BACKENDS
     if args.gpu:
         backends.append("cuda-fp16")
+    given: dict[str, Any] = {
+        name: value
+        for name, value in (
+            ("messages", args.messages),
+            ("naive_messages", args.naive_messages),
+            ("half_rate_seconds", args.half_rate_seconds),
+            ("batch_size", args.batch_size),
+            ("threads", args.threads),
+            ("seed", args.seed),
+            ("null_messages", args.null_messages),
+            ("curve_seconds", args.curve_seconds),
+            (
+                "curve_targets",
+                args.curve_targets and [int(t) for t in args.curve_targets.split(",")],
+            ),
+        )
+        if value is not None
+    }
     options = BenchOptions(
-        messages=args.messages,
-        naive_messages=min(args.naive_messages, args.messages),
-        half_rate_seconds=args.half_rate_seconds,
+        **given,
         backends=backends,
-        batch_size=args.batch_size,
-        threads=args.threads,
         lanes=args.lanes,
-        seed=args.seed,
         skip_accuracy=args.skip_accuracy,
         workdir=Path(args.workdir) if args.workdir else None,
         brokers=["kafka", "embedded"] if args.broker == "both" else [args.broker],
@@ -422,12 +427,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
             ["at_least_once", "exactly_once"] if args.guarantee == "both" else [args.guarantee]
         ),
         shadow=args.shadow,
-        null_messages=args.null_messages,
         curve_backend=None if args.no_curve else args.curve_backend,
-        curve_seconds=args.curve_seconds,
-        curve_targets=[int(t) for t in args.curve_targets.split(",")],
         latency_target_ms=args.latency_target_ms,
     )
+    return replace(options, naive_messages=min(options.naive_messages, options.messages))
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from bench.run import plot_curve, render, run_bench, write_json
+
+    configure_logging("warning")
+    options = bench_options(args)
     if "exactly_once" in options.guarantees and "kafka" not in options.brokers:
         raise ConfigurationError("exactly_once runs on Apache Kafka (--broker kafka or both)")
     if "kafka" in options.brokers:
@@ -744,9 +754,11 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="throughput and latency: naive baseline, runner offline, worker end to end",
     )
-    bench.add_argument("--messages", type=int, default=1000, help="size of the message mix")
-    bench.add_argument("--naive-messages", type=int, default=200, help="for the naive baseline")
-    bench.add_argument("--half-rate-seconds", type=float, default=20.0)
+    # A flag left out takes its default from bench.options.BenchOptions (shown by the bench's
+    # table and JSON), the one place for them.
+    bench.add_argument("--messages", type=int, help="size of the message mix")
+    bench.add_argument("--naive-messages", type=int, help="for the naive baseline")
+    bench.add_argument("--half-rate-seconds", type=float, help="length of the half-rate phase")
     bench.add_argument("--backends", help="comma-separated (default: every CPU backend)")
     bench.add_argument("--gpu", action="store_true", help="also run cuda-fp16")
     bench.add_argument(
@@ -771,7 +783,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--null-messages",
         type=int,
-        default=10000,
         help="messages for the null classifier's run (backend null: the pipeline's ceiling)",
     )
     bench.add_argument(
@@ -782,24 +793,24 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-curve", action="store_true", help="skip the latency curve")
     bench.add_argument(
         "--curve-targets",
-        default="0,100",
-        help="one curve per SENTISTREAM_LATENCY_TARGET_MS, each in its own worker (0: none)",
+        help="comma-separated: one curve per SENTISTREAM_LATENCY_TARGET_MS, each in its own "
+        "worker (0: none)",
     )
-    bench.add_argument("--curve-seconds", type=float, default=15.0, help="per point of the curve")
+    bench.add_argument("--curve-seconds", type=float, help="per point of the curve")
     bench.add_argument("--curve-png", default="bench-latency-curve.png", help="the curve's PNG")
     bench.add_argument(
         "--latency-target-ms",
         type=int,
         help="SENTISTREAM_LATENCY_TARGET_MS for the workers (default: the worker's default)",
     )
-    bench.add_argument("--batch-size", type=int, default=16)
-    bench.add_argument("--threads", type=int, default=2, help="model threads (default 2)")
+    bench.add_argument("--batch-size", type=int, help="texts per forward pass")
+    bench.add_argument("--threads", type=int, help="model threads")
     bench.add_argument(
         "--lanes",
         type=int,
         help="forward passes side by side, sharing the threads (default: the worker's default)",
     )
-    bench.add_argument("--seed", type=int, default=42)
+    bench.add_argument("--seed", type=int, help="of the message mix")
     bench.add_argument("--skip-accuracy", action="store_true")
     bench.add_argument("--workdir", help="keep models, caches and logs here (default: a temp dir)")
     bench.add_argument("--json", default="bench-results.json", help="where to write the JSON")

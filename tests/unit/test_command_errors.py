@@ -98,3 +98,29 @@ def test_an_unreachable_broker_is_one_line_and_exits_1(
     assert err.count("\n") == 1
     assert err.startswith("sentistream tail: ")
     assert "Traceback" not in err
+
+
+def test_bench_flags_left_out_take_the_bench_options_defaults() -> None:
+    from bench.options import BenchOptions
+    from stream.cli import bench_options, build_parser
+
+    defaults = BenchOptions()
+    options = bench_options(build_parser().parse_args(["bench", "--backends", "onnx-int8"]))
+    names = ("messages", "half_rate_seconds", "batch_size", "threads", "lanes", "seed",
+             "null_messages", "curve_seconds", "curve_targets", "latency_target_ms")  # fmt: skip
+    for name in names:
+        assert getattr(options, name) == getattr(defaults, name), name
+    assert options.naive_messages == defaults.naive_messages
+    assert options.curve_backend == "onnx-int8"
+    assert list(options.backends) == ["onnx-int8"]
+
+
+def test_bench_flags_override_the_defaults() -> None:
+    from stream.cli import bench_options, build_parser
+
+    args = ["bench", "--backends", "null", "--messages", "50", "--naive-messages", "80",
+            "--curve-targets", "0,50", "--threads", "1", "--lanes", "2", "--no-curve"]  # fmt: skip
+    options = bench_options(build_parser().parse_args(args))
+    assert (options.messages, options.naive_messages) == (50, 50)  # naive at most the mix
+    assert list(options.curve_targets) == [0, 50]
+    assert (options.threads, options.lanes, options.curve_backend) == (1, 2, None)
