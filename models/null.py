@@ -19,6 +19,7 @@ from stream.core.records import Label, Prediction, ScoredBatch
 class NullClassifier:
     backend = Backend.NULL
     device = "none"
+    lanes = 1
     name = "null"
     version = "0.0.0-null"
     labels: tuple[Label, ...] = tuple(BINARY_LABELS)

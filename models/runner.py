@@ -169,6 +169,9 @@ class SentimentRunner:
             else None
         )
         self.predict(["warm-up"])  # the first forward pass pays one-off allocation costs
+        if self._lane_pool is not None:  # and so does the lanes' session
+            warm_up = self.tokenizer(["warm-up"], return_tensors=self.forward.tensor_type)
+            self._run_pass(self.lane_forward, warm_up)
         self.forward_cost.forget()  # which are not what a pass costs
 
     @property

@@ -99,11 +99,12 @@ def cmd_worker(_args: argparse.Namespace) -> int:
     if runner is None:
         runner = load_classifier(settings.model, options)
     log.info(
-        "model %s (%s) loaded: backend %s on %s",
+        "model %s (%s) loaded: backend %s on %s, %d forward lane(s)",
         runner.name,
         runner.version,
         runner.backend,
         runner.device,
+        runner.lanes,
     )
     ensure_topics(
         settings.kafka,
