@@ -412,7 +412,9 @@ def bench_options(args: argparse.Namespace) -> BenchOptions:
             ("curve_seconds", args.curve_seconds),
             (
                 "curve_targets",
-                args.curve_targets and [int(t) for t in args.curve_targets.split(",")],
+                None
+                if args.curve_targets is None
+                else [int(t) for t in args.curve_targets.split(",")],
             ),
         )
         if value is not None

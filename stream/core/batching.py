@@ -45,7 +45,7 @@ def plan_batches(
     # best[j]: (passes, padded tokens) of the cheapest split of the first j sorted items; cut[j]:
     # where its last pass starts. Costs are computed from those integers in one step, so splits
     # of equal cost are equal to the bit and the first found (fuller passes first) is kept.
-    best = [(0, 0)] + [(0, 0)] * len(order)
+    best = [(0, 0)] * (len(order) + 1)
     cheapest = [0.0] + [float("inf")] * len(order)
     cut = [0] * (len(order) + 1)
     for end in range(1, len(order) + 1):

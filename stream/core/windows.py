@@ -63,6 +63,11 @@ class WindowPolicy:
     history: int = 10  # closed windows kept per key and kind, for the HTTP read side
     partition_idle_ms: int = 30_000  # wall time after which a silent input partition is ignored
 
+    def closes_at(self, spec: WindowSpec, start_ms: int) -> int:
+        """The stream time at which ``spec``'s window starting at ``start_ms`` closes: its end
+        plus the grace period (:func:`is_closed`)."""
+        return start_ms + spec.size_ms + self.grace_ms
+
     def spec(self, kind: str) -> WindowSpec:
         for spec in self.specs:
             if spec.kind == kind:
@@ -317,7 +322,6 @@ def fold_facts(
     result = FoldResult()
     origins_seen: set[tuple[str, int]] = set()
     starts: dict[tuple[int, int], list[int]] = {}
-    grace = policy.grace_ms
     # The stream time at which the earliest open window is due (None: no open window).
     due_at = earliest_due(state, policy)
     specs = list(enumerate(policy.specs))
@@ -345,7 +349,7 @@ def fold_facts(
                         missed = True
                         continue
                     window = windows[start] = WindowCounts(start)
-                    closes_at = start + spec.size_ms + grace
+                    closes_at = policy.closes_at(spec, start)
                     if due_at is None or closes_at < due_at:
                         due_at = closes_at
                 window.add(fact.label, fact.score, fact.uncertain, fact.in_scope)
@@ -376,7 +380,7 @@ def fold_facts(
 def earliest_due(state: KeyState, policy: WindowPolicy) -> int | None:
     """The stream time at which the first of ``state``'s open windows is due (None: none open)."""
     return min(
-        (start + spec.size_ms + policy.grace_ms
+        (policy.closes_at(spec, start)
          for spec in policy.specs for start in state.open.get(spec.kind, {})),
         default=None,
     )  # fmt: skip
@@ -443,7 +447,7 @@ def close_idle(state: KeyState, policy: WindowPolicy) -> list[tuple[str, WindowC
     event for one of them is late, exactly as if stream time had reached its end + grace."""
     closed = _close(state, policy, lambda _spec, _w: True)
     for kind, window in closed:
-        closes_at = window.start_ms + policy.spec(kind).size_ms + policy.grace_ms
+        closes_at = policy.closes_at(policy.spec(kind), window.start_ms)
         state.stream_time_ms = max(state.stream_time_ms or closes_at, closes_at)
     return closed
 

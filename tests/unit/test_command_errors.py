@@ -124,3 +124,10 @@ def test_bench_flags_override_the_defaults() -> None:
     assert (options.messages, options.naive_messages) == (50, 50)  # naive at most the mix
     assert list(options.curve_targets) == [0, 50]
     assert (options.threads, options.lanes, options.curve_backend) == (1, 2, None)
+
+
+def test_an_empty_curve_target_list_is_refused_not_read_as_no_curves() -> None:
+    from stream.cli import bench_options, build_parser
+
+    with pytest.raises(ValueError, match="invalid literal"):
+        bench_options(build_parser().parse_args(["bench", "--curve-targets", ""]))
