@@ -288,9 +288,10 @@ class FoldResult:
     late_kinds: list[str] = field(default_factory=list)
 
 
-def is_closed(window_end_ms: int, grace_ms: int, stream_time_ms: int | None) -> bool:
-    """A window is closed once stream time reached its end plus the grace period."""
-    return stream_time_ms is not None and stream_time_ms >= window_end_ms + grace_ms
+def is_closed(closes_at_ms: int, stream_time_ms: int | None) -> bool:
+    """A window is closed once stream time reached its closing time (``WindowPolicy.closes_at``:
+    its end plus the grace period)."""
+    return stream_time_ms is not None and stream_time_ms >= closes_at_ms
 
 
 def fold_event(
@@ -345,11 +346,11 @@ def fold_facts(
             for start in spec_starts:
                 window = windows.get(start)
                 if window is None:
-                    if is_closed(start + spec.size_ms, policy.grace_ms, state.stream_time_ms):
+                    closes_at = policy.closes_at(spec, start)
+                    if is_closed(closes_at, state.stream_time_ms):
                         missed = True
                         continue
                     window = windows[start] = WindowCounts(start)
-                    closes_at = policy.closes_at(spec, start)
                     if due_at is None or closes_at < due_at:
                         due_at = closes_at
                 window.add(fact.label, fact.score, fact.uncertain, fact.in_scope)
@@ -438,7 +439,7 @@ def close_due(state: KeyState, policy: WindowPolicy) -> list[tuple[str, WindowCo
     return _close(
         state,
         policy,
-        lambda spec, w: is_closed(w.start_ms + spec.size_ms, policy.grace_ms, state.stream_time_ms),
+        lambda spec, w: is_closed(policy.closes_at(spec, w.start_ms), state.stream_time_ms),
     )
 
 
